@@ -1,0 +1,57 @@
+"""Resilient text-to-speech for OpenAI-compatible speech endpoints, without a proxy.
+
+    from resilient_tts import SpeechClient
+
+    async with SpeechClient() as client:
+        speech = await client.audio.speech.create(model="kokoro", voice="alloy", input="Hello")
+"""
+
+from ._breaker import BreakerPolicy, BreakerState
+from ._classify import FailureKind
+from ._client import SpeechClient
+from ._config import Deployment, Pool
+from ._exceptions import (
+    AllDeploymentsFailedError,
+    AudioError,
+    ClientClosedError,
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ResilientTTSError,
+    StreamInterruptedError,
+)
+from ._response import Attempt, AttemptOutcome, SpeechResponse
+from ._retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # the client and what it returns
+    "SpeechClient",
+    "SpeechResponse",
+    "Attempt",
+    "AttemptOutcome",
+    "FailureKind",
+    # configuration as Python objects
+    "Deployment",
+    "Pool",
+    "BreakerPolicy",
+    "BreakerState",
+    "RetryPolicy",
+    # errors
+    "ResilientTTSError",
+    "ConfigurationError",
+    "InvalidRequestError",
+    "AllDeploymentsFailedError",
+    "DeadlineExceededError",
+    "StreamInterruptedError",
+    "AudioError",
+    "ClientClosedError",
+]
+
+# Tracebacks and docs say `resilient_tts.SpeechClient`, not `resilient_tts._client.SpeechClient`.
+for _name in __all__:
+    _object = globals()[_name]
+    if getattr(_object, "__module__", "").startswith("resilient_tts._"):
+        _object.__module__ = __name__
+del _name, _object

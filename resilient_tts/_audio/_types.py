@@ -1,0 +1,76 @@
+"""The values the audio layer hands around: decoded PCM, a probe result, a normalized clip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from ._formats import AudioFormat
+
+__all__ = ["NormalizedAudio", "PcmAudio", "ProbeResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class PcmAudio:
+    """Signed 16-bit little-endian samples, interleaved when there is more than one channel.
+
+    ``PcmAudio(samples=bytes(48000), sample_rate=24000)`` is one second of mono silence.
+    """
+
+    samples: bytes
+    sample_rate: int
+    channels: int = 1
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.channels <= 0:
+            raise ValueError(
+                f"sample_rate and channels must be positive, got {self.sample_rate}, "
+                f"{self.channels}"
+            )
+        if len(self.samples) % (2 * self.channels):
+            raise ValueError(
+                f"{len(self.samples)} bytes is not a whole number of {self.channels}-channel "
+                "s16 frames"
+            )
+
+    @property
+    def frames(self) -> int:
+        """Samples per channel."""
+        return len(self.samples) // (2 * self.channels)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of audio."""
+        return self.frames / self.sample_rate
+
+
+class ProbeResult(NamedTuple):
+    """What a body holds, read from its bytes.
+
+    `duration` is exact for wav, pcm, flac and opus; for mp3 and aac it counts whole codec
+    frames, so it may include the encoder's priming and padding (at most ~2 frames).
+    """
+
+    format: AudioFormat
+    sample_rate: int
+    channels: int
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedAudio:
+    """Audio in exactly the format and rate the caller asked for.
+
+    `transcoded` is False when `content` is the server's body itself (nothing needed to
+    change), True when it was decoded, converted or re-wrapped. `source_format` is what the
+    bytes really were, whatever the server's label said. `sample_rate` is the rate written,
+    which differs from the requested one only where the format forbids it (see
+    `encodable_rate`).
+    """
+
+    content: bytes
+    format: AudioFormat
+    sample_rate: int
+    duration: float
+    source_format: AudioFormat
+    transcoded: bool

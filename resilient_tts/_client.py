@@ -1,0 +1,245 @@
+"""`SpeechClient`: the openai SDK's `audio.speech` surface, with failover underneath."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+
+from ._attempt import AttemptFailed, DeploymentRequest, open_audio_stream
+from ._audio import AudioFormat, NormalizedAudio, normalize
+from ._breaker import BreakerPolicy
+from ._classify import FailureKind, verdict_for
+from ._config import Deployment, Pool, Timeouts
+from ._exceptions import AudioError, ClientClosedError, InvalidRequestError
+from ._failover import run_with_failover
+from ._pool import LiveDeployment, LivePool, build_live_pool
+from ._request import SpeechRequest, validate_request
+from ._response import SpeechResponse
+from ._retry import RetryPolicy
+from ._settings import Settings, load_settings
+from ._transport import Transport, build_openai_client, choose_transport
+
+__all__ = ["SpeechClient"]
+
+PoolLike = Pool | Sequence[Deployment | Mapping[str, Any]] | Mapping[str, Any]
+
+# Bodies up to this size are normalized on the event loop; larger ones in a worker thread, so
+# a transcode never blocks other requests. Pass-through costs only a sniff either way.
+_INLINE_TRANSCODE_BYTES = 64 * 1024
+
+
+class SpeechClient:
+    """A drop-in for `openai.AsyncOpenAI().audio.speech` that fails over across deployments.
+
+    ::
+
+        async with SpeechClient() as client:                  # from RESILIENT_TTS_* variables
+            speech = await client.audio.speech.create(model="kokoro", voice="alloy", input="Hi")
+
+        SpeechClient(models={"kokoro": [Deployment(name="a", base_url=..., model="kokoro")]})
+        SpeechClient(config_file="tts.toml", first_byte_timeout=3)
+
+    Arguments beat ``RESILIENT_TTS_*`` variables, which beat `.env`, which beats the settings
+    file. Bad configuration raises `ConfigurationError` here, never later.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, PoolLike] | None = None,
+        *,
+        config_file: str | PathLike[str] | None = None,
+        deadline: float | None = None,
+        attempt_timeout: float | None = None,
+        first_byte_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        breaker_open_seconds: float | None = None,
+        sample_rate: int | None = None,
+        transport: Transport | None = None,
+        breaker: BreakerPolicy | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        given: dict[str, Any] = {
+            "config_file": config_file,
+            "deadline": deadline,
+            "attempt_timeout": attempt_timeout,
+            "first_byte_timeout": first_byte_timeout,
+            "stall_timeout": stall_timeout,
+            "breaker_open_seconds": breaker_open_seconds,
+            "sample_rate": sample_rate,
+            "transport": transport,
+        }
+        overrides = {key: value for key, value in given.items() if value is not None}
+        if models is not None:
+            overrides["models"] = {name: _as_pool(pool) for name, pool in models.items()}
+        self.settings: Settings = load_settings(**overrides)
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._retry_policy = retry or RetryPolicy()
+        self._pools: dict[str, LivePool] | None = None
+        self._closed = False
+        self.audio = _Audio(self)
+
+    def __repr__(self) -> str:
+        models = {name: [d.name for d in pool.deployments] for name, pool in self.settings.models.items()}
+        return f"<SpeechClient models={models}>"
+
+    async def __aenter__(self) -> SpeechClient:
+        self._live_pools()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes every connection. The client cannot be used afterwards."""
+        self._closed = True
+        pools, self._pools = self._pools, None
+        for pool in (pools or {}).values():
+            for deployment in pool.deployments:
+                client, deployment.openai = deployment.openai, None
+                if client is not None:
+                    with anyio.CancelScope(shield=True):
+                        await client.close()
+
+    def _live_pools(self) -> dict[str, LivePool]:
+        """Built on first use inside the event loop: breakers and budgets read its clock."""
+        if self._closed:
+            raise ClientClosedError("this SpeechClient was closed; build a new one")
+        if self._pools is None:
+            s = self.settings
+            defaults = Timeouts(s.deadline, s.attempt_timeout, s.first_byte_timeout, s.stall_timeout)
+            self._pools = {
+                name: build_live_pool(
+                    name,
+                    pool,
+                    defaults=defaults,
+                    breaker_open_seconds=s.breaker_open_seconds,
+                    breaker_policy=self._breaker_policy,
+                    retry=self._retry_policy,
+                    clock=anyio.current_time,
+                )
+                for name, pool in s.models.items()
+            }
+        return self._pools
+
+    def _openai_for(self, deployment: LiveDeployment) -> Any:
+        if deployment.openai is None:
+            kind = choose_transport(self.settings.transport)
+            deployment.openai = build_openai_client(deployment.config, transport=kind)
+        return deployment.openai
+
+    async def _create(self, request: SpeechRequest) -> SpeechResponse:
+        pool = self._live_pools()[request.model]
+        candidates = tuple(d for d in pool.deployments if len(request.input) <= d.config.max_input_chars)
+        if not candidates:
+            longest = max(d.config.max_input_chars for d in pool.deployments)
+            raise InvalidRequestError(
+                f"input is {len(request.input)} characters; the deployments of {request.model!r} take at most {longest}"
+            )
+        target_rate = self.settings.sample_rate
+
+        async def fetch(deployment: LiveDeployment, sent: DeploymentRequest) -> NormalizedAudio:
+            client = self._openai_for(deployment)
+            async with open_audio_stream(client, deployment.config, request, sent, deployment.timeouts) as stream:
+                body = await stream.read_all()
+            return await _normalize(body, sent, deployment, request, target_rate)
+
+        served = await run_with_failover(pool, request, fetch, clock=anyio.current_time, candidates=candidates)
+        audio = served.value
+        return SpeechResponse(
+            audio.content,
+            deployment=served.deployment.name,
+            attempts=served.attempts,
+            response_format=request.response_format,
+            sample_rate=audio.sample_rate,
+            duration=audio.duration,
+        )
+
+
+async def _normalize(
+    body: bytes, sent: DeploymentRequest, deployment: LiveDeployment, request: SpeechRequest, target_rate: int
+) -> NormalizedAudio:
+    def run() -> NormalizedAudio:
+        return normalize(
+            body,
+            declared=AudioFormat(sent.asked_format),
+            declared_rate=deployment.config.sample_rate,
+            target=AudioFormat(request.response_format),
+            target_rate=target_rate,
+        )
+
+    try:
+        if len(body) <= _INLINE_TRANSCODE_BYTES:
+            return run()
+        return await anyio.to_thread.run_sync(run)
+    except AudioError as exc:
+        raise AttemptFailed(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")) from exc
+
+
+def _as_pool(value: PoolLike) -> Any:
+    """Accepts a Pool, a list of deployments, or a mapping; pydantic validates the rest."""
+    if isinstance(value, Pool | Mapping):
+        return value
+    return {"deployments": list(value)}
+
+
+_UNSET = object()
+
+
+def _given(value: Any) -> Any:
+    """openai's `omit` / `NOT_GIVEN` mean "not given", as they do in the SDK."""
+    return None if type(value).__name__ in ("Omit", "NotGiven") else value
+
+
+class _Speech:
+    def __init__(self, client: SpeechClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        input: str,
+        model: str,
+        voice: str,
+        instructions: str | None | Any = None,
+        response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
+        speed: float | None | Any = None,
+        stream_format: Literal["sse", "audio"] | None | Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, object] | None = None,
+        extra_body: Mapping[str, object] | None = None,
+        timeout: float | Any | None = None,
+    ) -> SpeechResponse:
+        """Synthesizes `input` with the first healthy deployment of `model`.
+
+        Takes the parameters of `openai.AsyncOpenAI().audio.speech.create`; `timeout` is the
+        deadline for the whole request, all attempts included. Raises `InvalidRequestError`
+        before any network call for a bad request, `AllDeploymentsFailedError` (with every
+        attempt) when no deployment could deliver.
+        """
+        if extra_query:
+            raise InvalidRequestError("extra_query is not supported: deployments differ; use extra_body")
+        request = validate_request(
+            known_models=self._client.settings.models.keys(),
+            model=model,
+            voice=voice,
+            input=input,
+            response_format="mp3" if _given(response_format) is None else response_format,
+            speed=_given(speed),
+            instructions=_given(instructions),
+            stream_format=_given(stream_format),
+            extra_headers=extra_headers,
+            extra_body=extra_body,
+            timeout=_given(timeout),
+        )
+        return await self._client._create(request)
+
+
+class _Audio:
+    def __init__(self, client: SpeechClient) -> None:
+        self.speech = _Speech(client)

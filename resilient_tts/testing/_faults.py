@@ -1,0 +1,465 @@
+"""Faults: what a `FakeSpeechServer` does with the requests it receives.
+
+A `Fault` is a frozen value built by one of its constructors, e.g. `Fault.status(503)` or
+`Fault.fail_times(2, Fault.reset())`. Composite faults (`fail_times`, `flapping`) keep no state
+themselves: the server counts requests and measures time from the moment a fault is set, and
+`resolve` turns a composite into the plain fault that answers one request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Literal
+
+from ._audio import FORMATS
+
+NotAudioKind = Literal["json", "html", "empty"]
+_NOT_AUDIO_KINDS: dict[str, NotAudioKind] = {"json": "json", "html": "html", "empty": "empty"}
+
+
+class Fault:
+    """What the server does with a request. Build one with the constructors below."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def ok() -> Fault:
+        """200 with real audio in the requested format."""
+        return Ok()
+
+    @staticmethod
+    def refuse() -> Fault:
+        """Nothing listens: connects fail with ECONNREFUSED and open connections are dropped."""
+        return Refuse()
+
+    @staticmethod
+    def reset() -> Fault:
+        """Read the request, then reset the connection (RST) without a response."""
+        return Reset()
+
+    @staticmethod
+    def hang() -> Fault:
+        """Read the request and never answer, until the client leaves or the server stops."""
+        return Hang()
+
+    @staticmethod
+    def slow_first_byte(seconds: float) -> Fault:
+        """Send nothing at all for `seconds`, then a normal response."""
+        return SlowFirstByte(seconds)
+
+    @staticmethod
+    def stall(after_bytes: int, seconds: float | None = None) -> Fault:
+        """Headers, `after_bytes` of body, silence for `seconds` (None: forever), then the rest."""
+        return Stall(after_bytes, seconds)
+
+    @staticmethod
+    def cut(after_bytes: int) -> Fault:
+        """Send headers with the full length and `after_bytes` of body, then close."""
+        return Cut(after_bytes)
+
+    @staticmethod
+    def status(
+        code: int,
+        *,
+        retry_after: float | None = None,
+        retry_after_ms: float | None = None,
+        retry_after_date: bool = False,
+        body: str | bytes | None = None,
+    ) -> Fault:
+        """An OpenAI-style JSON error (or `body`) with optional Retry-After/retry-after-ms."""
+        if body is None:
+            message, kind, error_code = _default_error(code)
+            payload = openai_error(message, kind, error_code)
+        else:
+            payload = body.encode() if isinstance(body, str) else body
+        return Status(
+            code, payload, _guess_type(payload), retry_after, retry_after_ms, retry_after_date
+        )
+
+    @staticmethod
+    def model_not_found(model: str = "kokoro") -> Fault:
+        """400 from llama-swap for a model it does not know: ``could not find real modelID``."""
+        # llama-swap's sendErrorResponse: gin.H{"error": message}, a string, not an object.
+        body = json.dumps({"error": f"could not find real modelID for {model}"}).encode()
+        return Status(400, body, "application/json; charset=utf-8")
+
+    @staticmethod
+    def unauthorized() -> Fault:
+        """401 with OpenAI's ``invalid_api_key`` error."""
+        return Fault.status(401)
+
+    @staticmethod
+    def not_found() -> Fault:
+        """404 with OpenAI's ``model_not_found`` error."""
+        return Fault.status(404)
+
+    @staticmethod
+    def insufficient_quota() -> Fault:
+        """429 with OpenAI's ``insufficient_quota`` error: retrying will not help."""
+        body = openai_error(
+            "You exceeded your current quota, please check your plan and billing details.",
+            "insufficient_quota",
+            "insufficient_quota",
+        )
+        return Status(429, body, "application/json")
+
+    @staticmethod
+    def rate_limited(retry_after: float | None = None) -> Fault:
+        """429 with OpenAI's ``rate_limit_exceeded`` error and an optional Retry-After."""
+        return Fault.status(429, retry_after=retry_after)
+
+    @staticmethod
+    def unsupported_voice() -> Fault:
+        """400 in Kokoro-FastAPI's style: the requested voice is not available here."""
+        return UnsupportedVoice()
+
+    @staticmethod
+    def unsupported_format() -> Fault:
+        """400 saying the requested response_format is not supported here."""
+        return UnsupportedFormat()
+
+    @staticmethod
+    def not_audio(kind: NotAudioKind = "json", *, content_type: str | None = None) -> Fault:
+        """200 whose body is not audio: a JSON error, an HTML page, or nothing."""
+        return NotAudio(kind, content_type)
+
+    @staticmethod
+    def fail_times(n: int, fault: Fault, then: Fault | None = None) -> Fault:
+        """The first `n` speech requests get `fault`, later ones `then` (default: ok)."""
+        return FailTimes(n, fault, Ok() if then is None else then)
+
+    @staticmethod
+    def flapping(
+        down_seconds: float, fault: Fault | None = None, up_seconds: float | None = None
+    ) -> Fault:
+        """Serve `fault` (default refuse) for `down_seconds`, then ok; cycle if `up_seconds`."""
+        return Flapping(down_seconds, Refuse() if fault is None else fault, up_seconds)
+
+    @staticmethod
+    def wrong_format(actual: str, *, content_type: str | None = None) -> Fault:
+        """200 with audio in format `actual`, whatever was asked (LocalAI: WAV for pcm)."""
+        return WrongFormat(actual, content_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Ok(Fault):
+    """200 with real audio."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse(Fault):
+    """Nothing listens on the port."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Fault):
+    """Reset the connection after reading the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hang(Fault):
+    """Never answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlowFirstByte(Fault):
+    """Silence for `seconds` before the response."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        _check_seconds("seconds", self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Stall(Fault):
+    """Pause inside the body."""
+
+    after_bytes: int
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.after_bytes)
+        if self.seconds is not None:
+            _check_seconds("seconds", self.seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Cut(Fault):
+    """End the body early by closing the connection."""
+
+    after_bytes: int
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.after_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Fault):
+    """An HTTP error response."""
+
+    code: int
+    body: bytes = field(repr=False)
+    content_type: str
+    retry_after: float | None = None
+    retry_after_ms: float | None = None
+    retry_after_date: bool = False
+
+    def __post_init__(self) -> None:
+        if not 300 <= self.code <= 599:
+            raise ValueError(f"status code must be 300..599, got {self.code}")
+        if self.retry_after is not None:
+            _check_seconds("retry_after", self.retry_after)
+        if self.retry_after_ms is not None:
+            _check_seconds("retry_after_ms", self.retry_after_ms)
+        if self.retry_after_date and self.retry_after is None:
+            raise ValueError("retry_after_date=True needs retry_after (seconds from now)")
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedVoice(Fault):
+    """400: the requested voice is unknown here."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedFormat(Fault):
+    """400: the requested response_format is not produced here."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotAudio(Fault):
+    """200 with a body that is not audio."""
+
+    kind: NotAudioKind = "json"
+    content_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _NOT_AUDIO_KINDS:
+            raise ValueError(f"kind must be 'json', 'html' or 'empty', got {self.kind!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WrongFormat(Fault):
+    """200 with audio in another format than the one asked for."""
+
+    actual: str
+    content_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.actual not in FORMATS:
+            raise ValueError(f"actual must be one of {', '.join(FORMATS)}, got {self.actual!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FailTimes(Fault):
+    """`fault` for the first `n` speech requests, then `then`."""
+
+    n: int
+    fault: Fault
+    then: Fault = field(default_factory=Ok)
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise ValueError(f"n must be >= 0, got {self.n}")
+
+
+@dataclass(frozen=True, slots=True)
+class Flapping(Fault):
+    """`fault` for `down_seconds`, then ok (for `up_seconds`, then down again, if given)."""
+
+    down_seconds: float
+    fault: Fault = field(default_factory=Refuse)
+    up_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_seconds("down_seconds", self.down_seconds)
+        if self.up_seconds is not None and not self.up_seconds > 0:
+            raise ValueError(f"up_seconds must be > 0, got {self.up_seconds}")
+
+
+def _check_seconds(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_bytes(after_bytes: int) -> None:
+    if after_bytes < 0:
+        raise ValueError(f"after_bytes must be >= 0, got {after_bytes}")
+
+
+# Resolution: composite faults -> the plain fault that answers one request.
+
+
+@dataclass
+class FaultClock:
+    """Per-`set_fault` state of composite faults: when it was set, requests seen by each part."""
+
+    started_at: float
+    served: dict[int, int] = field(default_factory=dict)  # id(FailTimes) -> requests counted
+
+
+def resolve(fault: Fault, clock: FaultClock, now: float, *, consume: bool) -> Fault:
+    """The plain fault for a request at `now`; `consume` counts it against `fail_times`."""
+    while True:
+        if isinstance(fault, FailTimes):
+            seen = clock.served.get(id(fault), 0)
+            if seen >= fault.n:
+                fault = fault.then
+                continue
+            if consume:
+                clock.served[id(fault)] = seen + 1
+            fault = fault.fault
+        elif isinstance(fault, Flapping):
+            down, _ = _flapping_phase(fault, now - clock.started_at)
+            fault = fault.fault if down else Ok()
+        else:
+            return fault
+
+
+def listener_plan(fault: Fault, elapsed: float) -> tuple[bool, float | None]:
+    """Whether the port should refuse connections `elapsed` seconds after the fault was set,
+    and the elapsed time at which that may next change (None: never by itself).
+
+    Only time decides this. Refuse inside `fail_times` is counted per connection instead, so
+    the listener stays open and such connections are accepted and reset at once.
+    """
+    if isinstance(fault, Refuse):
+        return True, None
+    if isinstance(fault, Flapping):
+        down, phase_end = _flapping_phase(fault, elapsed)
+        if not down:
+            return False, phase_end
+        refusing, inner_change = listener_plan(fault.fault, elapsed)
+        if inner_change is None or (phase_end is not None and phase_end < inner_change):
+            return refusing, phase_end
+        return refusing, inner_change
+    return False, None
+
+
+def _flapping_phase(fault: Flapping, elapsed: float) -> tuple[bool, float | None]:
+    """(down?, elapsed time when the current phase ends, or None if it never does)."""
+    if fault.up_seconds is None:
+        if elapsed < fault.down_seconds:
+            return True, fault.down_seconds
+        return False, None
+    period = fault.down_seconds + fault.up_seconds
+    cycle_start = math.floor(elapsed / period) * period
+    if elapsed - cycle_start < fault.down_seconds:
+        return True, cycle_start + fault.down_seconds
+    return False, cycle_start + period
+
+
+# Error bodies as the real servers write them.
+
+
+def openai_error(
+    message: str, kind: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+def kokoro_error(message: str) -> bytes:
+    """Kokoro-FastAPI's validation error: ``{"detail": {"error", "message", "type"}}``."""
+    detail = {"error": "validation_error", "message": message, "type": "invalid_request_error"}
+    return json.dumps({"detail": detail}).encode()
+
+
+_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model.", "invalid_request_error", None),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", None),
+    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
+}
+
+
+def _default_error(code: int) -> tuple[str, str, str | None]:
+    if code in _DEFAULT_ERRORS:
+        return _DEFAULT_ERRORS[code]
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = f"Error {code}"
+    return phrase, "server_error" if code >= 500 else "invalid_request_error", None
+
+
+def _guess_type(body: bytes) -> str:
+    return "application/json" if body.lstrip()[:1] in (b"{", b"[") else "text/plain; charset=utf-8"
+
+
+# The command line's fault syntax.
+
+FAULT_SYNTAX = (
+    "ok | refuse | hang | reset | slow:SECONDS | stall:BYTES[:SECONDS] | cut:BYTES | "
+    "status:CODE[:RETRY_AFTER] | model-not-found[:MODEL] | unauthorized | not-found | "
+    "insufficient-quota | rate-limited[:RETRY_AFTER] | unsupported-voice | unsupported-format | "
+    "not-audio:json|html|empty | wrong-format:FORMAT | flapping:DOWN[:UP] | fail-times:N:FAULT"
+)
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parse the command line's fault syntax (`FAULT_SYNTAX`), e.g. ``status:503:2``."""
+    name, _, rest = spec.strip().partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        fault = _parse(name.lower(), args, rest)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"bad fault {spec!r} ({exc}); expected {FAULT_SYNTAX}") from exc
+    if fault is None:
+        raise ValueError(f"unknown fault {spec!r}; expected {FAULT_SYNTAX}")
+    return fault
+
+
+def _parse(name: str, args: list[str], rest: str) -> Fault | None:
+    def opt_float(index: int) -> float | None:
+        return float(args[index]) if len(args) > index else None
+
+    simple = {
+        "ok": Fault.ok,
+        "refuse": Fault.refuse,
+        "hang": Fault.hang,
+        "reset": Fault.reset,
+        "unauthorized": Fault.unauthorized,
+        "not-found": Fault.not_found,
+        "insufficient-quota": Fault.insufficient_quota,
+        "unsupported-voice": Fault.unsupported_voice,
+        "unsupported-format": Fault.unsupported_format,
+    }
+    if name in simple and not args:
+        return simple[name]()
+    if name == "slow":
+        return Fault.slow_first_byte(float(args[0]))
+    if name == "stall":
+        return Fault.stall(int(args[0]), opt_float(1))
+    if name == "cut":
+        return Fault.cut(int(args[0]))
+    if name == "status":
+        return Fault.status(int(args[0]), retry_after=opt_float(1))
+    if name == "model-not-found":
+        return Fault.model_not_found(*args[:1])
+    if name == "rate-limited":
+        return Fault.rate_limited(opt_float(0))
+    if name == "not-audio":
+        kind = args[0] if args else "json"
+        if kind not in _NOT_AUDIO_KINDS:
+            raise ValueError(f"not-audio kind must be json, html or empty, got {kind!r}")
+        return Fault.not_audio(_NOT_AUDIO_KINDS[kind])
+    if name == "wrong-format":
+        return Fault.wrong_format(args[0])
+    if name == "flapping":
+        return Fault.flapping(float(args[0]), up_seconds=opt_float(1))
+    if name == "fail-times":
+        count, _, inner = rest.partition(":")
+        return Fault.fail_times(int(count), parse_fault(inner))
+    return None
