@@ -118,13 +118,99 @@ def _flac_info(data: bytes) -> StreamInfo | None:
     block = data[pos + 4 : pos + 4 + 34]
     if len(block) < 18 or data[pos] & 0x7F != 0:
         return None
+    (block_size,) = struct.unpack_from(">H", block, 2)
     (packed,) = struct.unpack_from(">Q", block, 10)
     rate = packed >> 44
     channels = ((packed >> 41) & 0x7) + 1
     total = packed & 0xF_FFFF_FFFF
     if rate == 0 or total == 0:  # a streaming encoder that never came back to fill it in
         return None
+    if not _flac_ends_whole(data, total, block_size):
+        raise _cut_short("flac", f"its last frame does not end at sample {total}")
     return StreamInfo(rate, channels, total / rate)
+
+
+def _flac_ends_whole(data: bytes, total: int, fixed_block_size: int) -> bool:
+    """True when the body ends with the frame holding sample `total`, intact (CRC-16)."""
+    end = len(data)
+    floor = max(end - 65536, 0)  # a FLAC frame is far smaller than this
+    while (pos := data.rfind(b"\xff", floor, end)) >= 0:
+        end = pos
+        header = _flac_frame_header(data, pos, fixed_block_size)
+        if header is None:
+            continue
+        first_sample, samples = header
+        if first_sample + samples == total:
+            footer = int.from_bytes(data[-2:], "big")
+            return _crc16(memoryview(data)[pos:-2]) == footer
+    return False
+
+
+_FLAC_BLOCK_SIZES = (0, 192, 576, 1152, 2304, 4608, -8, -16, *(256 << n for n in range(8)))
+
+
+def _flac_frame_header(data: bytes, pos: int, fixed_block_size: int) -> tuple[int, int] | None:
+    """(first sample, samples) of the FLAC frame header at `pos`, if one is there (CRC-8)."""
+    h = data[pos : pos + 16]
+    if len(h) < 6 or h[1] & 0xFE != 0xF8:
+        return None
+    variable = h[1] & 1
+    number, p = _utf8_number(h, 4)
+    if number is None:
+        return None
+    samples = _FLAC_BLOCK_SIZES[h[2] >> 4]
+    if samples < 0:  # the size follows the number, minus one, in 8 or 16 bits
+        width = -samples // 8
+        samples = int.from_bytes(h[p : p + width], "big") + 1
+        p += width
+    rate_code = h[2] & 0xF
+    p += 1 if rate_code == 12 else 2 if rate_code in (13, 14) else 0
+    if samples == 0 or p >= len(h) or _crc8(h[:p]) != h[p]:
+        return None
+    return (number if variable else number * fixed_block_size), samples
+
+
+def _utf8_number(h: bytes, p: int) -> tuple[int | None, int]:
+    """FLAC's frame number: UTF-8's variable-length coding, extended to 36 bits."""
+    first = h[p]
+    length = 8 - (~first & 0xFF).bit_length() if first & 0x80 else 1  # leading one bits
+    if (first & 0x80 and length < 2) or length > 7 or p + length > len(h):
+        return None, p
+    value = first & (0x7F >> length) if length > 1 else first
+    for b in h[p + 1 : p + length]:
+        if b & 0xC0 != 0x80:
+            return None, p
+        value = (value << 6) | (b & 0x3F)
+    return value, p + length
+
+
+def _crc_table(poly: int, width: int) -> tuple[int, ...]:
+    top, mask = 1 << (width - 1), (1 << width) - 1
+    table = []
+    for byte in range(256):
+        crc = byte << (width - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly if crc & top else crc << 1) & mask
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC8 = _crc_table(0x07, 8)
+_CRC16 = _crc_table(0x8005, 16)
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for b in data:
+        crc = _CRC8[crc ^ b]
+    return crc
+
+
+def _crc16(data: memoryview) -> int:
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ b]
+    return crc
 
 
 _EOS = 0x04

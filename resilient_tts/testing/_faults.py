@@ -4,6 +4,12 @@ A `Fault` is a frozen value built by one of its constructors, e.g. `Fault.status
 `Fault.fail_times(2, Fault.reset())`. Composite faults (`fail_times`, `flapping`) keep no state
 themselves: the server counts requests and measures time from the moment a fault is set, and
 `resolve` turns a composite into the plain fault that answers one request.
+
+How refusal is done: `refuse` on its own, or as the down phase of `flapping`, really closes the
+listening socket (connects get ECONNREFUSED; a background task reopens it on schedule, on the
+same port). A refusal that only a request count can end (`fail_times(n, refuse())`) cannot be
+counted while nothing listens, so it is emulated: the port stays open and each connection is
+accepted and reset at once, counting as one of the `n`. Such connections never reach `hits`.
 """
 
 from __future__ import annotations
@@ -217,6 +223,17 @@ class Status(Fault):
             _check_seconds("retry_after_ms", self.retry_after_ms)
         if self.retry_after_date and self.retry_after is None:
             raise ValueError("retry_after_date=True needs retry_after (seconds from now)")
+
+    def __repr__(self) -> str:
+        # Short enough for test ids and assertion messages; the body says which error it is.
+        parts = [str(self.code)]
+        for name in ("retry_after", "retry_after_ms", "retry_after_date"):
+            value = getattr(self, name)
+            if value not in (None, False):
+                parts.append(f"{name}={value!r}")
+        body = self.body.decode("utf-8", "replace")
+        parts.append(f"body={body[:60] + '...' if len(body) > 60 else body!r}")
+        return f"Status({', '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ different build from the one bundled in PyAV, so the judge does not share our de
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import shutil
@@ -66,7 +67,7 @@ def rms(pcm: PcmAudio) -> float:
 
 def zero_crossings_per_second(pcm: PcmAudio) -> float:
     values = array("h", pcm.samples)
-    crossings = sum(1 for a, b in zip(values, values[1:], strict=False) if (a < 0) != (b < 0))
+    crossings = sum(1 for a, b in itertools.pairwise(values) if (a < 0) != (b < 0))
     return crossings / pcm.duration
 
 
@@ -108,15 +109,19 @@ def by_ffmpeg(fmt: AudioFormat | str, rate: int = 24000) -> bytes:
     Written to a pipe, so mp3 has no Info header and WAV has unknown (0xFFFFFFFF) sizes,
     as a streaming server would send them.
     """
-    assert FFMPEG is not None
-    raw = ["-f", "s16le", "-ar", str(rate), "-ac", "1", "-i", "-"]
-    pcm = tone(rate).samples
     if fmt == "mp4":  # MP4 needs a seekable output to write its index
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "clip.m4a"
-            _run([FFMPEG, "-v", "error", *raw, "-c:a", "aac", str(path)], pcm)
+            ffmpeg_encode(tone(rate), "-c:a", "aac", str(path))
             return path.read_bytes()
-    return _run([FFMPEG, "-v", "error", *raw, *_FFMPEG_OUTPUT[AudioFormat(fmt)], "-"], pcm)
+    return ffmpeg_encode(tone(rate), *_FFMPEG_OUTPUT[AudioFormat(fmt)], "-")
+
+
+def ffmpeg_encode(pcm: PcmAudio, *output: str) -> bytes:
+    """Run the ffmpeg CLI on `pcm` with the given output options; its stdout."""
+    assert FFMPEG is not None
+    source = ["-f", "s16le", "-ar", str(pcm.sample_rate), "-ac", str(pcm.channels), "-i", "-"]
+    return _run([FFMPEG, "-v", "error", *source, *output], pcm.samples)
 
 
 def _run(command: list[str], stdin: bytes) -> bytes:
@@ -131,39 +136,35 @@ class Judged:
     codec: str
     sample_rate: int  # the decoder's rate: always 48000 for opus
     channels: int
-    duration: float  # samples ffmpeg decodes, over the decoder's rate
+    duration: float  # samples the decoder gives back, over its rate
     probed_duration: float | None  # ffprobe's container duration, where it states one
 
 
 def judge(body: bytes, fmt: AudioFormat, rate: int) -> Judged:
-    """Probe and fully decode `body` with the system ffprobe/ffmpeg.
+    """Probe and fully decode `body` with the system ffprobe, in one run.
 
-    The duration is what ffmpeg decodes, not ffprobe's ``duration`` field: for mp3 that
-    field counts the priming and padding frames that the LAME header tells decoders to drop.
+    The duration sums the samples of every decoded frame, after the decoder dropped what the
+    container tells it to (mp3's LAME header, Opus pre-skip and end trim). It is not
+    ffprobe's ``duration`` field, which for mp3 counts those priming and padding frames.
     """
-    assert FFPROBE is not None and FFMPEG is not None
+    assert FFPROBE is not None
     raw = ["-f", "s16le", "-ar", str(rate), "-ac", "1"] if fmt is AudioFormat.PCM else []
+    entries = "stream=codec_name,sample_rate,channels:format=format_name,duration:frame=nb_samples"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"clip.{fmt}"
         path.write_bytes(body)
-        probed = json.loads(
-            _run(
-                [FFPROBE, "-v", "error", *raw, "-show_streams", "-show_format", "-of", "json"]
-                + [str(path)],
-                b"",
-            )
-        )
-        stream = probed["streams"][0]
-        channels = int(stream["channels"])
-        decoded = _run([FFMPEG, "-v", "error", *raw, "-i", str(path), "-f", "s16le", "-"], b"")
+        command = [FFPROBE, "-v", "error", *raw, "-show_entries", entries, "-of", "json"]
+        probed = json.loads(_run([*command, str(path)], b""))
+    (stream,) = probed["streams"]
     decoder_rate = int(stream["sample_rate"])
+    samples = sum(int(frame["nb_samples"]) for frame in probed.get("frames", []))
     probed_duration = probed["format"].get("duration")
     return Judged(
         format_name=probed["format"]["format_name"],
         codec=stream["codec_name"],
         sample_rate=decoder_rate,
-        channels=channels,
-        duration=len(decoded) / 2 / channels / decoder_rate,
+        channels=int(stream["channels"]),
+        duration=samples / decoder_rate,
         probed_duration=None if probed_duration is None else float(probed_duration),
     )
 
