@@ -2,7 +2,7 @@
 
 The attempt opens the response as a stream, so it can tell the first byte from the headers
 and notice a body that stalls, instead of waiting for a whole clip behind one timeout. Every
-failure leaves as an `AttemptFailed` carrying its `Verdict`, the original error chained.
+failure leaves as an `AttemptError` carrying its `Verdict`, the original error chained.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ._config import Deployment, ResponseFormat, Timeouts
 from ._request import SpeechRequest
 from ._transport import NO_AUTHORIZATION
 
-__all__ = ["AttemptFailed", "AudioStream", "DeploymentRequest", "adapt_request", "open_audio_stream"]
+__all__ = ["AttemptError", "AudioStream", "DeploymentRequest", "adapt_request", "open_audio_stream"]
 
 # Lossless formats to ask for when a deployment does not produce the requested one natively:
 # WAV carries its own sample rate, raw PCM does not, FLAC costs a decode.
@@ -34,7 +34,7 @@ _TRANSPORT_ERRORS = (openai.APIConnectionError, httpx2.TransportError, OSError)
 _TEXT_TYPES = ("application/json", "text/", "application/problem+json", "application/xml")
 
 
-class AttemptFailed(Exception):
+class AttemptError(Exception):
     """Internal: an attempt failed; `verdict` says what it means for failover."""
 
     def __init__(self, verdict: Verdict) -> None:
@@ -93,7 +93,7 @@ class AudioStream:
         self.received = len(first_chunk)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The rest of the body after `first_chunk`; raises `AttemptFailed` on stall or cut."""
+        """The rest of the body after `first_chunk`; raises `AttemptError` on stall or cut."""
         while True:
             with anyio.move_on_after(self._stall_timeout) as stall:
                 try:
@@ -101,13 +101,13 @@ class AudioStream:
                 except StopAsyncIteration:
                     break
                 except _TRANSPORT_ERRORS as exc:
-                    raise AttemptFailed(classify_exception(exc, headers_received=True)) from exc
+                    raise AttemptError(classify_exception(exc, headers_received=True)) from exc
             if stall.cancelled_caught:
-                raise AttemptFailed(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
+                raise AttemptError(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
             self.received += len(chunk)
             yield chunk
         if self._content_length is not None and self.received < self._content_length:
-            raise AttemptFailed(
+            raise AttemptError(
                 verdict_for(FailureKind.SHORT_BODY, f"body ended after {self.received} of {self._content_length} bytes")
             )
 
@@ -150,9 +150,9 @@ async def open_audio_stream(
         try:
             response = await response_cm.__aenter__()
         except openai.APIStatusError as exc:
-            raise AttemptFailed(_status_verdict(exc, secrets)) from exc
+            raise AttemptError(_status_verdict(exc, secrets)) from exc
         except _TRANSPORT_ERRORS as exc:
-            raise AttemptFailed(_redacted(classify_exception(exc, headers_received=False), secrets)) from exc
+            raise AttemptError(_redacted(classify_exception(exc, headers_received=False), secrets)) from exc
         headers_received = True
         try:
             content_type = response.headers.get("content-type", "").lower()
@@ -162,19 +162,19 @@ async def open_audio_stream(
             except StopAsyncIteration:
                 first_chunk = b""
             except _TRANSPORT_ERRORS as exc:
-                raise AttemptFailed(classify_exception(exc, headers_received=True)) from exc
+                raise AttemptError(classify_exception(exc, headers_received=True)) from exc
         except BaseException:
             await _close_quietly(response_cm)
             raise
     if first_byte.cancelled_caught:
         if headers_received:
             await _close_quietly(response_cm)
-        raise AttemptFailed(verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s"))
+        raise AttemptError(verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s"))
     try:
         if not first_chunk or content_type.startswith(_TEXT_TYPES) or first_chunk[:1] in (b"{", b"<", b"["):
             rest = first_chunk + b"".join([chunk async for chunk in _limited(body, 4096)])
             message = redact(error_message(rest), secrets) or "empty body"
-            raise AttemptFailed(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not audio ({content_type or 'no content type'}): {message}"))
+            raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not audio ({content_type or 'no content type'}): {message}"))
         length = response.headers.get("content-length")
         encoded = response.headers.get("content-encoding", "identity") != "identity"
         yield AudioStream(

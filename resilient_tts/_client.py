@@ -9,11 +9,12 @@ from typing import Any, Literal
 
 import anyio
 
-from ._attempt import AttemptFailed, DeploymentRequest, open_audio_stream
+from ._attempt import AttemptError, DeploymentRequest, open_audio_stream
 from ._audio import AudioFormat, NormalizedAudio, normalize
 from ._breaker import BreakerPolicy
 from ._classify import FailureKind, verdict_for
 from ._config import Deployment, Pool, Timeouts
+from ._events import EventHook
 from ._exceptions import AudioError, ClientClosedError, InvalidRequestError
 from ._failover import run_with_failover
 from ._pool import LiveDeployment, LivePool, build_live_pool
@@ -61,6 +62,7 @@ class SpeechClient:
         transport: Transport | None = None,
         breaker: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
+        hooks: Sequence[EventHook] = (),
     ) -> None:
         given: dict[str, Any] = {
             "config_file": config_file,
@@ -78,6 +80,7 @@ class SpeechClient:
         self.settings: Settings = load_settings(**overrides)
         self._breaker_policy = breaker or BreakerPolicy()
         self._retry_policy = retry or RetryPolicy()
+        self._hooks = tuple(hooks)
         self._pools: dict[str, LivePool] | None = None
         self._closed = False
         self.audio = _Audio(self)
@@ -122,6 +125,7 @@ class SpeechClient:
                     breaker_policy=self._breaker_policy,
                     retry=self._retry_policy,
                     clock=anyio.current_time,
+                    hooks=self._hooks,
                 )
                 for name, pool in s.models.items()
             }
@@ -178,7 +182,7 @@ async def _normalize(
             return run()
         return await anyio.to_thread.run_sync(run)
     except AudioError as exc:
-        raise AttemptFailed(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")) from exc
+        raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")) from exc
 
 
 def _as_pool(value: PoolLike) -> Any:
@@ -186,9 +190,6 @@ def _as_pool(value: PoolLike) -> Any:
     if isinstance(value, Pool | Mapping):
         return value
     return {"deployments": list(value)}
-
-
-_UNSET = object()
 
 
 def _given(value: Any) -> Any:

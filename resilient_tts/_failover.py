@@ -16,7 +16,8 @@ from typing import Generic, TypeVar
 
 import anyio
 
-from ._attempt import AttemptFailed, DeploymentRequest, adapt_request
+from . import _events as events
+from ._attempt import AttemptError, DeploymentRequest, adapt_request
 from ._breaker import Permit
 from ._classify import BreakerEffect, FailureKind, Retry, Verdict, verdict_for
 from ._exceptions import AllDeploymentsFailedError, DeadlineExceededError
@@ -49,6 +50,7 @@ class _Run(Generic[T]):
     clock: Callable[[], float]
     deadline: float
     attempts: list[Attempt] = field(default_factory=list)
+    last_failure: tuple[str, FailureKind] | None = None  # (deployment, kind), for FailedOver
     # Deployments that asked us to wait (Retry-After) or throttled us, with when to come back.
     last_resort: list[tuple[float, int, LiveDeployment]] = field(default_factory=list)
 
@@ -107,7 +109,10 @@ async def _try_deployment(run: _Run[T], deployment: LiveDeployment, permit: Perm
         if verdict.retry is not Retry.ONCE or retried:
             return None
         delay = retry_wait(verdict.cooldown, next(delays))
-        if delay >= run.remaining() or not run.pool.budget.try_spend():
+        if delay >= run.remaining():
+            return None
+        if not run.pool.budget.try_spend():
+            run.pool.emit(events.BudgetExhausted(pool=run.pool.name, deployment=deployment.name))
             return None
         retried = True
         await anyio.sleep(delay)
@@ -156,27 +161,35 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
     started = run.clock()
     sent = adapt_request(deployment.config, run.request)
     breaker = deployment.breaker
+    pool = run.pool
+    if run.last_failure is not None and run.last_failure[0] != deployment.name:
+        left, kind = run.last_failure
+        pool.emit(events.FailedOver(pool=pool.name, deployment=left, to_deployment=deployment.name, reason=kind.value))
+    pool.emit(events.AttemptStarted(pool=pool.name, deployment=deployment.name, number=_tries(run) + 1))
     try:
         with anyio.CancelScope(deadline=min(started + deployment.timeouts.attempt, run.deadline)) as scope:
             value = await run.attempt(deployment, sent)
         if not scope.cancelled_caught:
             breaker.record_success(permit)
-            run.attempts.append(Attempt(deployment.name, AttemptOutcome.SUCCESS, run.clock() - started, adaptations=sent.adaptations))
+            elapsed = run.clock() - started
+            run.attempts.append(Attempt(deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=sent.adaptations))
+            pool.emit(events.AttemptSucceeded(pool=pool.name, deployment=deployment.name, elapsed=elapsed))
             return Served(value, deployment, sent, tuple(run.attempts))
         limit = "request deadline" if run.remaining() <= 0 else f"attempt timeout ({deployment.timeouts.attempt:g}s)"
         verdict = verdict_for(FailureKind.ATTEMPT_TIMEOUT, f"{limit} reached")
-    except AttemptFailed as failed:
+    except AttemptError as failed:
         verdict = failed.verdict
     except BaseException:
         # The caller cancelled (or a bug surfaced): never a failure of the deployment.
         breaker.release(permit)
         raise
-    _settle(deployment, permit, verdict, run.pool.name)
+    elapsed = run.clock() - started
+    run.last_failure = (deployment.name, verdict.kind)
     run.attempts.append(
         Attempt(
             deployment.name,
             AttemptOutcome.FAILED,
-            run.clock() - started,
+            elapsed,
             error=verdict.detail,
             kind=verdict.kind,
             status_code=verdict.status_code,
@@ -188,15 +201,31 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
         deployment.name,
         verdict.kind.value,
         verdict.detail,
-        extra={"pool": run.pool.name, "deployment": deployment.name, "failure": verdict.kind.value},
+        extra={"pool": pool.name, "deployment": deployment.name, "failure": verdict.kind.value},
     )
+    pool.emit(
+        events.AttemptFailed(
+            pool=pool.name,
+            deployment=deployment.name,
+            kind=verdict.kind,
+            detail=verdict.detail,
+            status_code=verdict.status_code,
+            elapsed=elapsed,
+        )
+    )
+    _settle(deployment, permit, verdict, pool)
     return verdict
 
 
-def _settle(deployment: LiveDeployment, permit: Permit, verdict: Verdict, pool: str) -> None:
+def _tries(run: _Run[T]) -> int:
+    return sum(1 for attempt in run.attempts if attempt.outcome is not AttemptOutcome.SKIPPED)
+
+
+def _settle(deployment: LiveDeployment, permit: Permit, verdict: Verdict, pool: LivePool) -> None:
     breaker = deployment.breaker
     if verdict.cooldown is not None:
         breaker.cool_down(verdict.cooldown)
+        pool.emit(events.CooldownSet(pool=pool.name, deployment=deployment.name, seconds=verdict.cooldown))
     match verdict.breaker:
         case BreakerEffect.FAILURE:
             breaker.record_failure(permit)
@@ -209,7 +238,7 @@ def _settle(deployment: LiveDeployment, permit: Permit, verdict: Verdict, pool: 
             logger.error(
                 "deployment %r of pool %r is misconfigured and taken out of rotation for %gs: %s",
                 deployment.name,
-                pool,
+                pool.name,
                 breaker.policy.force_open_seconds,
                 verdict.detail,
             )

@@ -7,18 +7,21 @@ one closest to being admitted again is tried anyway instead of failing without t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from openai import AsyncOpenAI
 
-from ._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker
+from ._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker
 from ._config import Deployment, Pool, Timeouts
+from ._events import BreakerTransitioned, Event, EventHook, emit
 from ._retry import RetryBudget, RetryPolicy
 
 __all__ = ["LivePool", "LiveDeployment", "build_live_pool"]
 
 Clock = Callable[[], float]
+logger = logging.getLogger("resilient_tts")
 
 
 @dataclass(eq=False)
@@ -45,6 +48,11 @@ class LivePool:
     retry: RetryPolicy
     deadline: float
     hedge_delay: float | None
+    hooks: tuple[EventHook, ...] = ()
+
+    def emit(self, event: Event) -> None:
+        if self.hooks:
+            emit(self.hooks, event)
 
     def closest_to_ready(self, candidates: list[LiveDeployment]) -> LiveDeployment | None:
         """The deployment whose breaker or cooldown lets it in soonest; first in order on ties."""
@@ -60,7 +68,7 @@ def build_live_pool(
     breaker_policy: BreakerPolicy,
     retry: RetryPolicy,
     clock: Clock,
-    on_transition: Callable[[LiveDeployment, BreakerTransition], None] | None = None,
+    hooks: tuple[EventHook, ...] = (),
 ) -> LivePool:
     deployments = []
     for deployment in pool.deployments:
@@ -72,10 +80,8 @@ def build_live_pool(
         )
         open_seconds = _first(deployment.breaker_open_seconds, pool.breaker_open_seconds, breaker_open_seconds)
         policy = _with_open_seconds(breaker_policy, open_seconds)
-        live = LiveDeployment(pool=name, config=deployment, timeouts=timeouts, breaker=CircuitBreaker(policy, clock=clock))
-        if on_transition is not None:
-            live.breaker.on_transition = _bind(on_transition, live)
-        deployments.append(live)
+        breaker = CircuitBreaker(policy, clock=clock, on_transition=_reporter(name, deployment.name, hooks))
+        deployments.append(LiveDeployment(pool=name, config=deployment, timeouts=timeouts, breaker=breaker))
     return LivePool(
         name=name,
         deployments=tuple(deployments),
@@ -83,18 +89,36 @@ def build_live_pool(
         retry=retry,
         deadline=_first(pool.deadline, defaults.deadline),
         hedge_delay=pool.hedge_delay,
+        hooks=hooks,
     )
 
 
-def _bind(
-    callback: Callable[[LiveDeployment, BreakerTransition], None], deployment: LiveDeployment
-) -> Callable[[BreakerTransition], None]:
-    return lambda transition: callback(deployment, transition)
+def _reporter(pool: str, deployment: str, hooks: tuple[EventHook, ...]) -> Callable[[BreakerTransition], None]:
+    def report(transition: BreakerTransition) -> None:
+        level = logging.WARNING if transition.new is not BreakerState.CLOSED else logging.INFO
+        logger.log(
+            level,
+            "breaker of %r: %s -> %s (%s)",
+            deployment,
+            transition.old.value,
+            transition.new.value,
+            transition.reason,
+            extra={"pool": pool, "deployment": deployment, "breaker_state": transition.new.value},
+        )
+        event = BreakerTransitioned(
+            pool=pool,
+            deployment=deployment,
+            old=transition.old,
+            new=transition.new,
+            reason=transition.reason,
+            open_until=transition.open_until,
+        )
+        emit(hooks, event)
+
+    return report
 
 
 def _with_open_seconds(policy: BreakerPolicy, open_seconds: float) -> BreakerPolicy:
-    from dataclasses import replace
-
     return replace(policy, open_seconds=open_seconds, max_open_seconds=max(policy.max_open_seconds, open_seconds))
 
 

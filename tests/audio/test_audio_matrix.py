@@ -9,7 +9,10 @@ from __future__ import annotations
 import functools
 
 import pytest
-from audio_support import (
+
+from resilient_tts._audio import AudioFormat, encodable_rate, normalize
+
+from .audio_support import (
     TOLERANCE,
     Judged,
     adts_duration,
@@ -20,8 +23,6 @@ from audio_support import (
     opus_input_rate,
     ours,
 )
-
-from resilient_tts._audio import AudioFormat, encodable_rate, normalize
 
 pytestmark = needs_ffmpeg
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from audio_support import interleave, rms, tone, zero_crossings_per_second
 
 from resilient_tts._audio import AudioFormat, PcmAudio, decode_to_pcm, encode_pcm, normalize
 from resilient_tts._audio._resample import to_mono
+
+from .audio_support import interleave, rms, tone, zero_crossings_per_second
 
 
 def _decibels(after: PcmAudio, before: PcmAudio) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-from audio_support import by_ffmpeg, needs_ffmpeg, ours, tone
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +17,8 @@ from resilient_tts._audio import (
     wav_header,
 )
 from resilient_tts._audio._sniff import id3_end
+
+from .audio_support import by_ffmpeg, needs_ffmpeg, ours, tone
 
 
 @pytest.mark.parametrize(

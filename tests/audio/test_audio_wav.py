@@ -7,7 +7,6 @@ import struct
 from array import array
 
 import pytest
-from audio_support import judge, needs_ffmpeg, tone
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +20,8 @@ from resilient_tts._audio import (
 )
 from resilient_tts._audio._wav import UnsupportedWavEncodingError, parse_wav_header
 from resilient_tts._exceptions import AudioError
+
+from .audio_support import judge, needs_ffmpeg, tone
 
 
 def _fmt_chunk(tag: int, channels: int, rate: int, bits: int, extensible_tag: int = 0) -> bytes:
