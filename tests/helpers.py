@@ -31,6 +31,7 @@ async def client_for(
     breaker: BreakerPolicy | None = None,
     retry: RetryPolicy | None = None,
     deployment_options: dict[str, Any] | None = None,
+    hooks: Any = (),
     **settings: Any,
 ) -> AsyncIterator[SpeechClient]:
     """A client whose pool `model` is `servers`, in order, with quick test timeouts."""
@@ -43,6 +44,7 @@ async def client_for(
         models={model: deployments(servers, **(deployment_options or {}))},
         breaker=breaker,
         retry=retry,
+        hooks=hooks,
         **settings,
     ) as client:
         yield client

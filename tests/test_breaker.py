@@ -107,7 +107,7 @@ def test_policy_defaults_follow_the_spec() -> None:
         "window_seconds": 30.0,
         "minimum_calls": 10,
         "open_seconds": 5.0,
-        "max_open_seconds": 300.0,
+        "max_open_seconds": 60.0,
         "open_multiplier": 2.0,
         "jitter": 0.2,
         "half_open_probes": 1,
