@@ -75,7 +75,7 @@ async def run_with_failover(
     for deployment in order:
         if run.remaining() <= 0:
             break
-        permit = deployment.breaker.acquire()
+        permit = await deployment.admit()
         if permit is None:
             run.attempts.append(_skipped(deployment))
             continue
@@ -116,7 +116,7 @@ async def _try_deployment(run: _Run[T], deployment: LiveDeployment, permit: Perm
             return None
         retried = True
         await anyio.sleep(delay)
-        next_permit = deployment.breaker.acquire()
+        next_permit = await deployment.admit()
         if next_permit is None:  # the failure tripped the breaker: go elsewhere
             return None
         permit = next_permit
@@ -133,7 +133,7 @@ async def _try_closest_to_ready(run: _Run[T], order: tuple[LiveDeployment, ...])
         assert snapshot.cooldown_until is not None
         run.last_resort.append((snapshot.cooldown_until, -1, deployment))
         return None
-    permit = deployment.breaker.acquire(force=True)
+    permit = await deployment.admit(force=True)
     if permit is None:  # a probe is already in flight there; do not pile on
         return None
     logger.info("every deployment of pool %r is unavailable; probing %r, the closest to reopening", run.pool.name, deployment.name)
@@ -148,7 +148,7 @@ async def _try_last_resort(run: _Run[T]) -> Served[T] | None:
         if wait >= run.remaining() or not run.pool.budget.try_spend():
             continue
         await anyio.sleep(wait)
-        permit = deployment.breaker.acquire()
+        permit = await deployment.admit()
         if permit is None:
             continue
         outcome = await _attempt_once(run, deployment, permit)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from openai import AsyncOpenAI
 
-from ._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker
+from ._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker, Permit
 from ._config import Deployment, Pool, Timeouts
 from ._events import BreakerTransitioned, Event, EventHook, emit
 from ._retry import RetryBudget, RetryPolicy
@@ -38,6 +38,11 @@ class LiveDeployment:
     @property
     def name(self) -> str:
         return self.config.name
+
+    async def admit(self, *, force: bool = False) -> Permit | None:
+        """A breaker permit for one attempt, or None to go elsewhere. Async so that a shared
+        breaker (one state for a fleet of processes) can consult its store here."""
+        return self.breaker.acquire(force=force)
 
 
 @dataclass(eq=False)

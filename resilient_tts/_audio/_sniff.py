@@ -12,15 +12,15 @@ import enum
 from ._formats import AudioFormat
 
 __all__ = [
+    "AdtsFrameHeader",
     "Container",
+    "Mp3FrameHeader",
+    "adts_frame_header",
     "id3_end",
     "looks_like_text_error",
     "mp3_frame_header",
-    "adts_frame_header",
     "sniff",
     "sniff_container",
-    "Mp3FrameHeader",
-    "AdtsFrameHeader",
 ]
 
 

@@ -299,3 +299,21 @@ def test_probe_refuses_headerless_bytes_unless_told_pcm() -> None:
     """Raw PCM is only PCM because the caller says so."""
     with pytest.raises(AudioError, match=r"declared=AudioFormat\.PCM"):
         probe(tone(24000, 0.1).samples)
+
+
+@needs_ffmpeg
+def test_ogg_vorbis_is_still_decoded() -> None:
+    """An Ogg that holds Vorbis is none of the six formats but is audio: it is converted."""
+    body = ffmpeg_encode(tone(24000, 0.5), "-c:a", "libvorbis", "-f", "ogg", "-")
+    result = normalize(body, declared=OPUS, declared_rate=24000, target=MP3, target_rate=24000)
+    assert result.source_format is OPUS  # the label: the best name there is for it
+    assert result.duration == pytest.approx(0.5, abs=TOLERANCE)
+
+
+def test_opus_recorded_at_another_rate_is_re_encoded() -> None:
+    """An Ogg Opus whose OpusHead says 48 kHz is re-encoded for a 24 kHz target."""
+    body = encode_pcm(tone(48000, 0.3), OPUS)
+    assert probe(body).sample_rate == 48000
+    result = normalize(body, declared=OPUS, declared_rate=24000, target=OPUS, target_rate=24000)
+    assert result.transcoded
+    assert probe(result.content).sample_rate == 24000
