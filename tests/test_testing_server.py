@@ -27,7 +27,7 @@ from anyio.abc import SocketStream
 import resilient_tts.testing
 from resilient_tts.testing import FakeSpeechServer, Fault, RecordedRequest, serve_pool
 from resilient_tts.testing.__main__ import main as cli_main
-from resilient_tts.testing._faults import parse_fault
+from resilient_tts.testing.__main__ import parse_fault
 
 SPEECH: dict[str, Any] = {
     "model": "kokoro",

@@ -10,7 +10,7 @@ Encoder facts the tests pin (SPEC §6 judges by ffprobe/ffmpeg):
 - opus: the Ogg muxer writes the pre-skip and the final granule, so decoders trim exactly.
 - aac: ADTS has nowhere to record priming, so every decoder plays the encoder's 1024
   priming samples and the padding of the last frame: an ADTS file is 1024 to 2047 samples
-  longer than its input (43-85 ms at 24 kHz). OpenAI's aac behaves the same; only MP4 (edit
+  longer than its input (43-85 ms at 24 kHz). Every ADTS encoder has this; only MP4 (edit
   lists) can hide it, and callers asking for "aac" expect raw ADTS.
 - flac: lossless and exact.
 """
@@ -78,8 +78,8 @@ def encode(pcm: PcmAudio, fmt: AudioFormat) -> bytes:
                 cap = 6 * pcm.sample_rate if fmt is AudioFormat.AAC else encoder.bit_rate
                 stream.bit_rate = min(encoder.bit_rate, cap)
             output.start_encoding()
-            # Fixed-frame encoders (mp3 576/1152, opus 20 ms, aac 1024, flac 4608 samples per
-            # frame) take exactly `frame_size` samples per frame; only the last may be short,
+            # Fixed-frame encoders (mp3 576/1152, opus 20 ms, aac 1024, flac ~2304-4608 samples
+            # per frame) take exactly `frame_size` samples per frame; only the last may be short,
             # which each of these allows (AV_CODEC_CAP_SMALL_LAST_FRAME). Flushing with None
             # then drains the frames the encoder holds back as look-ahead.
             step = 2 * (stream.codec_context.frame_size or 4096)

@@ -17,7 +17,8 @@ from ._types import PcmAudio
 
 __all__ = ["MonoResampler", "pcm_frame", "to_mono"]
 
-# FFmpeg errors are ValueError/OSError subclasses; EOFError marks an input that ends early.
+# PyAV raises av.error.FFmpegError subclasses (an input cut short gives its EOFError) and a
+# plain ValueError for frames it refuses.
 FFMPEG_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFError, ValueError)
 
 

@@ -8,6 +8,7 @@ whatever the input. Raw PCM has no header, so it cannot be sniffed: it is "PCM a
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from ._formats import AudioFormat
 
@@ -71,10 +72,13 @@ def sniff_container(data: bytes) -> Container | None:
             is_opus = _ogg_first_packet(data)[:8] == b"OpusHead"
             return Container.OGG_OPUS if is_opus else Container.OGG
     # Both frame syncs start 0xFF 0xE/0xF; the two layer bits tell them apart: 01 is
-    # MPEG Layer III, 00 (reserved in MPEG audio) is ADTS.
-    if adts_frame_header(data, start) is not None and _next_frame_ok(data, start, adts=True):
+    # MPEG Layer III, 00 (reserved in MPEG audio) is ADTS. A sync can occur by chance in
+    # other bytes; a second frame header right where the first frame ends cannot.
+    adts = adts_frame_header(data, start)
+    if adts is not None and _frame_or_end(data, start + adts.frame_length, adts_frame_header):
         return Container.ADTS
-    if mp3_frame_header(data, start) is not None and _next_frame_ok(data, start, adts=False):
+    mp3 = mp3_frame_header(data, start)
+    if mp3 is not None and _frame_or_end(data, start + mp3.frame_length, mp3_frame_header):
         return Container.MP3
     return None
 
@@ -171,17 +175,9 @@ def adts_frame_header(data: bytes, pos: int) -> AdtsFrameHeader | None:
     )
 
 
-def _next_frame_ok(data: bytes, pos: int, *, adts: bool) -> bool:
-    """A frame sync can occur by chance; a second one right after the first cannot."""
-    header = adts_frame_header(data, pos) if adts else mp3_frame_header(data, pos)
-    if header is None:
-        return False
-    following = pos + header.frame_length
-    if following + 7 > len(data):  # the body ends here: nothing more to check
-        return True
-    if adts:
-        return adts_frame_header(data, following) is not None
-    return mp3_frame_header(data, following) is not None
+def _frame_or_end(data: bytes, pos: int, header_at: Callable[[bytes, int], object]) -> bool:
+    """True when another frame header starts at `pos`, or the body (nearly) ends there."""
+    return pos + 7 > len(data) or header_at(data, pos) is not None
 
 
 def _ogg_first_packet(data: bytes) -> bytes:

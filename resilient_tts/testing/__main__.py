@@ -14,8 +14,72 @@ from collections.abc import Sequence
 import anyio
 
 from ._audio import FORMATS
-from ._faults import FAULT_SYNTAX, Fault, parse_fault
+from ._faults import NOT_AUDIO_KINDS, Fault
 from ._server import FakeSpeechServer, loopback_host
+
+FAULT_SYNTAX = (
+    "ok | refuse | hang | reset | slow:SECONDS | stall:BYTES[:SECONDS] | cut:BYTES | "
+    "status:CODE[:RETRY_AFTER] | model-not-found[:MODEL] | unauthorized | not-found | "
+    "insufficient-quota | rate-limited[:RETRY_AFTER] | unsupported-voice | unsupported-format | "
+    "not-audio:json|html|empty | wrong-format:FORMAT | flapping:DOWN[:UP] | fail-times:N:FAULT"
+)
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parse the command line's fault syntax (`FAULT_SYNTAX`), e.g. ``status:503:2``."""
+    name, _, rest = spec.strip().partition(":")
+    args = rest.split(":") if rest else []
+    try:
+        fault = _parse(name.lower(), args, rest)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"bad fault {spec!r} ({exc}); expected {FAULT_SYNTAX}") from exc
+    if fault is None:
+        raise ValueError(f"unknown fault {spec!r}; expected {FAULT_SYNTAX}")
+    return fault
+
+
+def _parse(name: str, args: list[str], rest: str) -> Fault | None:
+    def opt_float(index: int) -> float | None:
+        return float(args[index]) if len(args) > index else None
+
+    simple = {
+        "ok": Fault.ok,
+        "refuse": Fault.refuse,
+        "hang": Fault.hang,
+        "reset": Fault.reset,
+        "unauthorized": Fault.unauthorized,
+        "not-found": Fault.not_found,
+        "insufficient-quota": Fault.insufficient_quota,
+        "unsupported-voice": Fault.unsupported_voice,
+        "unsupported-format": Fault.unsupported_format,
+    }
+    if name in simple and not args:
+        return simple[name]()
+    if name == "slow":
+        return Fault.slow_first_byte(float(args[0]))
+    if name == "stall":
+        return Fault.stall(int(args[0]), opt_float(1))
+    if name == "cut":
+        return Fault.cut(int(args[0]))
+    if name == "status":
+        return Fault.status(int(args[0]), retry_after=opt_float(1))
+    if name == "model-not-found":
+        return Fault.model_not_found(*args[:1])
+    if name == "rate-limited":
+        return Fault.rate_limited(opt_float(0))
+    if name == "not-audio":
+        kind = args[0] if args else "json"
+        if kind not in NOT_AUDIO_KINDS:
+            raise ValueError(f"not-audio kind must be json, html or empty, got {kind!r}")
+        return Fault.not_audio(NOT_AUDIO_KINDS[kind])
+    if name == "wrong-format":
+        return Fault.wrong_format(args[0])
+    if name == "flapping":
+        return Fault.flapping(float(args[0]), up_seconds=opt_float(1))
+    if name == "fail-times":
+        count, _, inner = rest.partition(":")
+        return Fault.fail_times(int(count), parse_fault(inner))
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

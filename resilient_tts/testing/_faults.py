@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Literal
 
 from ._audio import FORMATS
+from ._bodies import guess_content_type, openai_error, status_error
 
 NotAudioKind = Literal["json", "html", "empty"]
-_NOT_AUDIO_KINDS: dict[str, NotAudioKind] = {"json": "json", "html": "html", "empty": "empty"}
+NOT_AUDIO_KINDS: dict[str, NotAudioKind] = {"json": "json", "html": "html", "empty": "empty"}
 
 
 class Fault:
@@ -77,12 +77,16 @@ class Fault:
     ) -> Fault:
         """An OpenAI-style JSON error (or `body`) with optional Retry-After/retry-after-ms."""
         if body is None:
-            message, kind, error_code = _default_error(code)
-            payload = openai_error(message, kind, error_code)
+            payload = status_error(code)
         else:
             payload = body.encode() if isinstance(body, str) else body
         return Status(
-            code, payload, _guess_type(payload), retry_after, retry_after_ms, retry_after_date
+            code,
+            payload,
+            guess_content_type(payload),
+            retry_after,
+            retry_after_ms,
+            retry_after_date,
         )
 
     @staticmethod
@@ -254,7 +258,7 @@ class NotAudio(Fault):
     content_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in _NOT_AUDIO_KINDS:
+        if self.kind not in NOT_AUDIO_KINDS:
             raise ValueError(f"kind must be 'json', 'html' or 'empty', got {self.kind!r}")
 
 
@@ -367,116 +371,3 @@ def _flapping_phase(fault: Flapping, elapsed: float) -> tuple[bool, float | None
     if elapsed - cycle_start < fault.down_seconds:
         return True, cycle_start + fault.down_seconds
     return False, cycle_start + period
-
-
-# Error bodies as the real servers write them.
-
-
-def openai_error(
-    message: str, kind: str, code: str | None = None, param: str | None = None
-) -> bytes:
-    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
-    error = {"message": message, "type": kind, "param": param, "code": code}
-    return json.dumps({"error": error}).encode()
-
-
-def kokoro_error(message: str) -> bytes:
-    """Kokoro-FastAPI's validation error: ``{"detail": {"error", "message", "type"}}``."""
-    detail = {"error": "validation_error", "message": message, "type": "invalid_request_error"}
-    return json.dumps({"detail": detail}).encode()
-
-
-_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
-    400: ("Invalid request.", "invalid_request_error", None),
-    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    403: ("You are not allowed to use this model.", "invalid_request_error", None),
-    404: (
-        "The model does not exist or you do not have access to it.",
-        "invalid_request_error",
-        "model_not_found",
-    ),
-    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
-    500: ("The server had an error while processing your request.", "server_error", None),
-    503: ("The engine is currently overloaded, please try again later.", "server_error", None),
-}
-
-
-def _default_error(code: int) -> tuple[str, str, str | None]:
-    if code in _DEFAULT_ERRORS:
-        return _DEFAULT_ERRORS[code]
-    try:
-        phrase = HTTPStatus(code).phrase
-    except ValueError:
-        phrase = f"Error {code}"
-    return phrase, "server_error" if code >= 500 else "invalid_request_error", None
-
-
-def _guess_type(body: bytes) -> str:
-    return "application/json" if body.lstrip()[:1] in (b"{", b"[") else "text/plain; charset=utf-8"
-
-
-# The command line's fault syntax.
-
-FAULT_SYNTAX = (
-    "ok | refuse | hang | reset | slow:SECONDS | stall:BYTES[:SECONDS] | cut:BYTES | "
-    "status:CODE[:RETRY_AFTER] | model-not-found[:MODEL] | unauthorized | not-found | "
-    "insufficient-quota | rate-limited[:RETRY_AFTER] | unsupported-voice | unsupported-format | "
-    "not-audio:json|html|empty | wrong-format:FORMAT | flapping:DOWN[:UP] | fail-times:N:FAULT"
-)
-
-
-def parse_fault(spec: str) -> Fault:
-    """Parse the command line's fault syntax (`FAULT_SYNTAX`), e.g. ``status:503:2``."""
-    name, _, rest = spec.strip().partition(":")
-    args = rest.split(":") if rest else []
-    try:
-        fault = _parse(name.lower(), args, rest)
-    except (ValueError, IndexError) as exc:
-        raise ValueError(f"bad fault {spec!r} ({exc}); expected {FAULT_SYNTAX}") from exc
-    if fault is None:
-        raise ValueError(f"unknown fault {spec!r}; expected {FAULT_SYNTAX}")
-    return fault
-
-
-def _parse(name: str, args: list[str], rest: str) -> Fault | None:
-    def opt_float(index: int) -> float | None:
-        return float(args[index]) if len(args) > index else None
-
-    simple = {
-        "ok": Fault.ok,
-        "refuse": Fault.refuse,
-        "hang": Fault.hang,
-        "reset": Fault.reset,
-        "unauthorized": Fault.unauthorized,
-        "not-found": Fault.not_found,
-        "insufficient-quota": Fault.insufficient_quota,
-        "unsupported-voice": Fault.unsupported_voice,
-        "unsupported-format": Fault.unsupported_format,
-    }
-    if name in simple and not args:
-        return simple[name]()
-    if name == "slow":
-        return Fault.slow_first_byte(float(args[0]))
-    if name == "stall":
-        return Fault.stall(int(args[0]), opt_float(1))
-    if name == "cut":
-        return Fault.cut(int(args[0]))
-    if name == "status":
-        return Fault.status(int(args[0]), retry_after=opt_float(1))
-    if name == "model-not-found":
-        return Fault.model_not_found(*args[:1])
-    if name == "rate-limited":
-        return Fault.rate_limited(opt_float(0))
-    if name == "not-audio":
-        kind = args[0] if args else "json"
-        if kind not in _NOT_AUDIO_KINDS:
-            raise ValueError(f"not-audio kind must be json, html or empty, got {kind!r}")
-        return Fault.not_audio(_NOT_AUDIO_KINDS[kind])
-    if name == "wrong-format":
-        return Fault.wrong_format(args[0])
-    if name == "flapping":
-        return Fault.flapping(float(args[0]), up_seconds=opt_float(1))
-    if name == "fail-times":
-        count, _, inner = rest.partition(":")
-        return Fault.fail_times(int(count), parse_fault(inner))
-    return None

@@ -27,6 +27,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from ._audio import CONTENT_TYPES, FORMATS, sample_count, speech_audio
+from ._bodies import not_audio, openai_error, unknown_voice, unsupported_format, validate_speech
 from ._faults import (
     Cut,
     Fault,
@@ -42,9 +43,7 @@ from ._faults import (
     UnsupportedFormat,
     UnsupportedVoice,
     WrongFormat,
-    kokoro_error,
     listener_plan,
-    openai_error,
     resolve,
 )
 from ._http import HTTPError, PeerClosed, Request, RequestReader, chunk, http_date, response_head
@@ -68,12 +67,6 @@ _PEER_GONE = (
     anyio.ClosedResourceError,
     anyio.EndOfStream,
     OSError,
-)
-
-_NGINX_PAGE = (
-    b"<!DOCTYPE html>\n<html>\n<head>\n<title>Welcome to nginx!</title>\n</head>\n<body>\n"
-    b"<h1>Welcome to nginx!</h1>\n<p>If you see this page, the nginx web server is successfully "
-    b"installed and working.</p>\n</body>\n</html>\n"
 )
 
 
@@ -443,15 +436,23 @@ class FakeSpeechServer:
             return await self._send_status(stream, fault, keep_alive)
         if isinstance(fault, UnsupportedVoice):
             voice = params.get("voice") if params else None
-            return await self._send(stream, 400, self._voice_error(voice), _JSON, keep_alive)
+            error = unknown_voice(voice, self.voices)
+            return await self._send(stream, 400, error, _JSON, keep_alive)
         if isinstance(fault, UnsupportedFormat):
             wanted = params.get("response_format") if params else None
             others = [f for f in self.formats if f != wanted] or ["wav"]
-            return await self._send(stream, 400, _format_error(wanted, others), _JSON, keep_alive)
+            error = unsupported_format(wanted, others)
+            return await self._send(stream, 400, error, _JSON, keep_alive)
         if isinstance(fault, NotAudio):
-            body, content_type = _not_audio(fault)
+            body, content_type = not_audio(fault.kind)
+            content_type = fault.content_type or content_type
             return await self._send(stream, 200, body, content_type, keep_alive)
-        problem = self._validate(params)
+        problem = validate_speech(
+            params,
+            formats=self.formats,
+            voices=self.voices,
+            max_input_chars=self.max_input_chars,
+        )
         if problem is not None:
             return await self._send(stream, 400, problem, _JSON, keep_alive)
         assert params is not None
@@ -466,53 +467,6 @@ class FakeSpeechServer:
 
     def _current_fault(self, *, consume: bool) -> Fault:
         return resolve(self._fault, self._clock, anyio.current_time(), consume=consume)
-
-    def _validate(self, params: dict[str, Any] | None) -> bytes | None:
-        """The 400 body a real server would send for these parameters, or None if valid."""
-        if params is None:
-            return openai_error(
-                "We could not parse the JSON body of your request.", "invalid_request_error"
-            )
-        for name in ("model", "input"):
-            if name not in params:
-                return openai_error(
-                    f"Missing required parameter: '{name}'.",
-                    "invalid_request_error",
-                    "missing_required_parameter",
-                    name,
-                )
-        text = params["input"]
-        if not isinstance(text, str) or not text:
-            return _invalid("input", "expected a non-empty string")
-        if not isinstance(params["model"], str) or not params["model"]:
-            return _invalid("model", "expected a non-empty string")
-        if self.max_input_chars is not None and len(text) > self.max_input_chars:
-            return openai_error(
-                f"Invalid 'input': string too long. Expected a string with maximum length "
-                f"{self.max_input_chars}, but got a string with length {len(text)} instead.",
-                "invalid_request_error",
-                "string_above_max_length",
-                "input",
-            )
-        speed = params.get("speed", 1.0)
-        if speed is not None and (
-            isinstance(speed, bool) or not isinstance(speed, int | float) or not 0.25 <= speed <= 4
-        ):
-            return _invalid("speed", "expected a number from 0.25 to 4.0")
-        response_format = params.get("response_format") or "mp3"
-        if response_format not in FORMATS:
-            return _invalid("response_format", f"supported values are {', '.join(FORMATS)}")
-        if response_format not in self.formats:
-            return _format_error(response_format, self.formats)
-        voice = params.get("voice")
-        if self.voices is not None and voice not in self.voices:
-            return self._voice_error(voice)
-        return None
-
-    def _voice_error(self, voice: object) -> bytes:
-        available = ", ".join(sorted(self.voices or ("af_heart",)))
-        # Kokoro-FastAPI: ValueError from its voice lookup, turned into HTTPException(400).
-        return kokoro_error(f"Voice '{voice}' not found. Available voices: {available}")
 
     # Writing responses.
 
@@ -663,27 +617,3 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
-
-
-def _invalid(param: str, reason: str) -> bytes:
-    return openai_error(
-        f"Invalid value for '{param}': {reason}.", "invalid_request_error", "invalid_value", param
-    )
-
-
-def _format_error(asked: object, supported: Iterable[str]) -> bytes:
-    return openai_error(
-        f"unsupported response_format {asked!r}: this server produces {', '.join(supported)}",
-        "invalid_request_error",
-        "unsupported_response_format",
-        "response_format",
-    )
-
-
-def _not_audio(fault: NotAudio) -> tuple[bytes, str]:
-    if fault.kind == "json":
-        body = openai_error("CUDA out of memory while generating audio", "server_error")
-        return body, fault.content_type or _JSON
-    if fault.kind == "html":
-        return _NGINX_PAGE, fault.content_type or "text/html"
-    return b"", fault.content_type or "audio/mpeg"

@@ -27,7 +27,7 @@ ESPEAK = shutil.which("espeak-ng")
 
 needs_ffmpeg = pytest.mark.skipif(
     FFPROBE is None or FFMPEG is None,
-    reason="ffprobe/ffmpeg not installed (Debian package 'ffmpeg'): they judge our audio",
+    reason="ffprobe/ffmpeg not installed (Debian package 'ffmpeg'): the independent judge",
 )
 needs_espeak = pytest.mark.skipif(
     ESPEAK is None, reason="espeak-ng not installed (Debian package 'espeak-ng'): real speech"
