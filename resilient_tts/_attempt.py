@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from ._config import Deployment, ResponseFormat, Timeouts
 from ._request import SpeechRequest
 from ._transport import NO_AUTHORIZATION
 
-__all__ = ["AttemptError", "AudioStream", "DeploymentRequest", "adapt_request", "open_audio_stream"]
+__all__ = ["AttemptError", "AudioStream", "DeploymentRequest", "adapt_request", "first_byte_at", "open_audio_stream"]
 
 # Lossless formats to ask for when a deployment does not produce the requested one natively:
 # WAV carries its own sample rate, raw PCM does not, FLAC costs a decode.
@@ -32,6 +33,9 @@ _LOSSLESS_PREFERENCE: tuple[ResponseFormat, ...] = ("wav", "pcm", "flac")
 # aiohttp transport maps aiohttp's errors onto httpx2's).
 _TRANSPORT_ERRORS = (openai.APIConnectionError, httpx2.TransportError, OSError)
 _TEXT_TYPES = ("application/json", "text/", "application/problem+json", "application/xml")
+# When this task's attempt received its first body byte (anyio clock): the failover loop reads
+# it for first-byte latency without the attempt function having to return it.
+first_byte_at: ContextVar[float | None] = ContextVar("resilient_tts_first_byte_at", default=None)
 
 
 class AttemptError(Exception):
@@ -106,16 +110,33 @@ class AudioStream:
                 raise AttemptError(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
             self.received += len(chunk)
             yield chunk
+        self._check_length()
+
+    async def read_all(self) -> bytes:
+        """The whole body. Same checks as `chunks`, with one cancel scope whose deadline moves
+        with each chunk instead of one scope per chunk: this is every request's hot path."""
+        parts = [self.first_chunk]
+        with anyio.CancelScope() as stall:
+            while True:
+                stall.deadline = anyio.current_time() + self._stall_timeout
+                try:
+                    chunk = await self._rest.__anext__()
+                except StopAsyncIteration:
+                    break
+                except _TRANSPORT_ERRORS as exc:
+                    raise AttemptError(classify_exception(exc, headers_received=True)) from exc
+                self.received += len(chunk)
+                parts.append(chunk)
+        if stall.cancelled_caught:
+            raise AttemptError(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
+        self._check_length()
+        return b"".join(parts)
+
+    def _check_length(self) -> None:
         if self._content_length is not None and self.received < self._content_length:
             raise AttemptError(
                 verdict_for(FailureKind.SHORT_BODY, f"body ended after {self.received} of {self._content_length} bytes")
             )
-
-    async def read_all(self) -> bytes:
-        parts = [self.first_chunk]
-        async for chunk in self.chunks():
-            parts.append(chunk)
-        return b"".join(parts)
 
 
 @asynccontextmanager
@@ -159,6 +180,7 @@ async def open_audio_stream(
             body = response.iter_bytes()
             try:
                 first_chunk = await body.__anext__()
+                first_byte_at.set(anyio.current_time())
             except StopAsyncIteration:
                 first_chunk = b""
             except _TRANSPORT_ERRORS as exc:
@@ -184,8 +206,11 @@ async def open_audio_stream(
             content_length=int(length) if length and length.isdigit() and not encoded else None,
             stall_timeout=timeouts.stall,
         )
-    finally:
+    except BaseException:
         await _close_quietly(response_cm)
+        raise
+    # Body read to the end: closing returns the connection to the pool and cannot hang.
+    await response_cm.__aexit__(None, None, None)
 
 
 async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

@@ -14,9 +14,11 @@ from ._audio import AudioFormat, NormalizedAudio, normalize
 from ._breaker import BreakerPolicy
 from ._classify import FailureKind, verdict_for
 from ._config import Deployment, Pool, Timeouts
-from ._events import EventHook
-from ._exceptions import AudioError, ClientClosedError, InvalidRequestError
+from ._events import EventHook, RequestScope
+from ._exceptions import AudioError, ClientClosedError, InvalidRequestError, UnknownDeploymentError
 from ._failover import run_with_failover
+from ._health import ClientHealth, HealthLog, take_snapshot
+from ._logging import log_event, log_extra, logger
 from ._pool import LiveDeployment, LivePool, build_live_pool
 from ._request import SpeechRequest, validate_request
 from ._response import SpeechResponse
@@ -80,7 +82,9 @@ class SpeechClient:
         self.settings: Settings = load_settings(**overrides)
         self._breaker_policy = breaker or BreakerPolicy()
         self._retry_policy = retry or RetryPolicy()
-        self._hooks = tuple(hooks)
+        self._health_log = HealthLog()
+        # The health log and the log lines see every event first; the caller's hooks follow.
+        self._hooks: tuple[EventHook, ...] = (self._health_log, log_event, *hooks)
         self._pools: dict[str, LivePool] | None = None
         self._closed = False
         self.audio = _Audio(self)
@@ -153,7 +157,9 @@ class SpeechClient:
                 body = await stream.read_all()
             return await _normalize(body, sent, deployment, request, target_rate)
 
-        served = await run_with_failover(pool, request, fetch, clock=anyio.current_time, candidates=candidates)
+        with RequestScope(self._hooks, pool=request.model, input_chars=len(request.input)) as scope:
+            served = await run_with_failover(pool, request, fetch, clock=anyio.current_time, candidates=candidates)
+            scope.served(served.deployment.name, served.attempts)
         audio = served.value
         return SpeechResponse(
             audio.content,
@@ -163,6 +169,70 @@ class SpeechClient:
             sample_rate=audio.sample_rate,
             duration=audio.duration,
         )
+
+    # -- operating it ---------------------------------------------------------------------
+
+    def health(self) -> ClientHealth:
+        """Each pool's deployments: breaker state, open/cool-down times, recent failure rate,
+        first-byte latency percentiles and last error. Call it from the event loop.
+
+        ::
+
+            for pool in client.health().pools:
+                print(pool.name, pool.available)
+        """
+        return take_snapshot(self._live_pools(), self._health_log, now=anyio.current_time())
+
+    async def force_open(self, name: str, seconds: float | None = None) -> None:
+        """Takes the deployment `name` out of rotation in every pool that has it, for `seconds`
+        (default: the breaker policy's `force_open_seconds`, 5 minutes). Requests skip it
+        unless every other deployment is unavailable too. Raises `UnknownDeploymentError`.
+
+        ::
+
+            await client.force_open("gpu-a", seconds=600)   # maintenance window
+        """
+        for deployment in self._deployments_named(name):
+            deployment.breaker.force_open(seconds, reason="by the operator")
+            open_for = deployment.breaker.ready_in()
+            extra = log_extra(deployment.pool, name, breaker_state=deployment.breaker.state.value)
+            logger.warning("deployment %r of pool %r forced open by the operator for %.3gs", name, deployment.pool, open_for, extra=extra)
+
+    async def reset(self, name: str) -> None:
+        """Closes the breaker of deployment `name` in every pool that has it, and forgets its
+        failures and any ``Retry-After`` cool-down. Raises `UnknownDeploymentError`."""
+        for deployment in self._deployments_named(name):
+            deployment.breaker.reset()
+            extra = log_extra(deployment.pool, name, breaker_state=deployment.breaker.state.value)
+            logger.info("deployment %r of pool %r reset by the operator", name, deployment.pool, extra=extra)
+
+    @classmethod
+    def from_litellm_config(cls, path: str | PathLike[str], **kwargs: Any) -> SpeechClient:
+        """A client configured from a LiteLLM proxy config file (YAML), for migrating.
+
+        `model_list` entries become deployments; ``router_settings.fallbacks`` become the
+        deployments that follow a model's own in its pool; ``os.environ/VAR`` keys are read
+        now. What cannot be translated is logged as a WARNING (see `import_litellm_config`
+        for the full report). `kwargs` are `SpeechClient` arguments and win over the file.
+
+        ::
+
+            client = SpeechClient.from_litellm_config("litellm_config.yaml")
+        """
+        from ._litellm import import_litellm_config
+
+        imported = import_litellm_config(path)
+        for warning in imported.warnings:
+            logger.warning("LiteLLM config %s: %s", path, warning)
+        return cls(**{**imported.client_arguments(), **kwargs})
+
+    def _deployments_named(self, name: str) -> list[LiveDeployment]:
+        pools = self._live_pools()
+        found = [d for pool in pools.values() for d in pool.deployments if d.name == name]
+        if not found:
+            known = dict.fromkeys(d.name for pool in pools.values() for d in pool.deployments)
+            raise UnknownDeploymentError(name, list(known))
+        return found
 
 
 async def _normalize(

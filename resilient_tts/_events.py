@@ -14,12 +14,18 @@ an API key and never audio.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import anyio
 
 from ._breaker import BreakerState
 from ._classify import FailureKind
+from ._response import Attempt, AttemptOutcome
 
 __all__ = [
     "AttemptFailed",
@@ -33,19 +39,63 @@ __all__ = [
     "FailedOver",
     "HedgeCancelled",
     "HedgeStarted",
+    "RequestFinished",
+    "RequestScope",
+    "RequestStarted",
     "SegmentSwitched",
+    "current_request_id",
     "emit",
 ]
 
 logger = logging.getLogger("resilient_tts")
 
+# The request being served in this task (and the tasks it starts), so that every event built
+# on its behalf carries its id without the code that emits it having to pass it along.
+_current_request: ContextVar[int | None] = ContextVar("resilient_tts_request", default=None)
+_request_ids = itertools.count(1)
+
+
+def current_request_id() -> int | None:
+    """The id of the request this task is serving, or None outside a request."""
+    return _current_request.get()
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Base of every event: the logical model (pool) and the deployment it concerns."""
+    """Base of every event: the logical model (pool) and the deployment it concerns.
+
+    `request_id` tells apart the events of concurrent requests (None for a breaker change
+    noticed outside any request, e.g. by `SpeechClient.health()`).
+    """
 
     pool: str
     deployment: str
+    request_id: int | None = field(default_factory=current_request_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestStarted(Event):
+    """A request for the logical model `pool` began; `deployment` is "" (none chosen yet)."""
+
+    deployment: str = ""
+    input_chars: int
+    streaming: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFinished(Event):
+    """A request ended. `deployment` served it ("" if none did); `error` names the exception
+    class it ended with (None on success); `attempts` counts the tries actually sent."""
+
+    deployment: str = ""
+    elapsed: float
+    attempts: int
+    error: str | None = None
+    cancelled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.cancelled
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,3 +174,72 @@ def emit(hooks: Sequence[EventHook], event: Event) -> None:
             hook(event)
         except Exception:
             logger.exception("event hook %r raised; ignored", hook)
+
+
+class RequestScope:
+    """Brackets one request with `RequestStarted` and `RequestFinished`, and gives every event
+    emitted inside it (in this task and the tasks it starts) the request's `request_id`.
+
+    ::
+
+        with RequestScope(hooks, pool=request.model, input_chars=len(request.input)) as scope:
+            served = await run_with_failover(...)
+            scope.served(served.deployment.name, served.attempts)
+
+    A streaming response enters the scope when the request is sent and leaves it when the
+    stream is closed. Leaving with an exception reports its class name (and the attempts an
+    `AllDeploymentsFailedError` carries); a cancellation is reported as cancelled.
+    """
+
+    def __init__(
+        self,
+        hooks: Sequence[EventHook],
+        *,
+        pool: str,
+        input_chars: int,
+        streaming: bool = False,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.request_id = next(_request_ids)
+        self._hooks = hooks
+        self._pool = pool
+        self._input_chars = input_chars
+        self._streaming = streaming
+        self._clock = clock
+        self._started = 0.0
+        self._token: Token[int | None] | None = None
+        self._deployment = ""
+        self._attempts: Sequence[Attempt] = ()
+
+    def __enter__(self) -> RequestScope:
+        self._token = _current_request.set(self.request_id)
+        self._started = self._clock()
+        started = RequestStarted(pool=self._pool, input_chars=self._input_chars, streaming=self._streaming)
+        emit(self._hooks, started)
+        return self
+
+    def served(self, deployment: str, attempts: Sequence[Attempt]) -> None:
+        """Records who served the request and the attempts it took, before the scope ends."""
+        self._deployment = deployment
+        self._attempts = attempts
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        cancelled = exc is not None and isinstance(exc, anyio.get_cancelled_exc_class())
+        attempts = self._attempts if exc is None else getattr(exc, "attempts", self._attempts)
+        finished = RequestFinished(
+            pool=self._pool,
+            deployment=self._deployment if exc is None else "",
+            elapsed=self._clock() - self._started,
+            attempts=sum(1 for attempt in attempts if attempt.outcome is not AttemptOutcome.SKIPPED),
+            error=None if exc is None or cancelled else type(exc).__name__,
+            cancelled=cancelled,
+            request_id=self.request_id,
+        )
+        emit(self._hooks, finished)
+        if self._token is not None:
+            try:
+                _current_request.reset(self._token)
+            except ValueError:  # left in another task than it was entered in (a stream)
+                _current_request.set(None)

@@ -12,6 +12,7 @@ validation error), the original is chained as ``__cause__``.
     │   └── DeadlineExceededError (TimeoutError)   ... because the request's deadline ran out
     ├── StreamInterruptedError                 failure after audio had reached the caller
     ├── AudioError                             audio that cannot be decoded or encoded
+    ├── UnknownDeploymentError (KeyError)      no deployment has that name (`force_open`, `reset`)
     └── ClientClosedError (RuntimeError)       the client was used after `aclose()`
 
 No message ever contains an API key: messages name deployments, fields and variables.
@@ -34,6 +35,7 @@ __all__ = [
     "InvalidRequestError",
     "ResilientTTSError",
     "StreamInterruptedError",
+    "UnknownDeploymentError",
 ]
 
 
@@ -97,6 +99,21 @@ class StreamInterruptedError(ResilientTTSError):
 
 class AudioError(ResilientTTSError):
     """Audio could not be decoded, converted or encoded."""
+
+
+class UnknownDeploymentError(ResilientTTSError, KeyError):
+    """No configured deployment has the name given (to `SpeechClient.force_open`, `reset`, ...).
+
+    A `KeyError`, so a lookup by name fails the way a mapping lookup does.
+    """
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"no deployment is named {name!r}; the configured ones are: {', '.join(known) or 'none'}")
+        self.name = name
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument, quotes and all.
+        return str(self.args[0])
 
 
 class ClientClosedError(ResilientTTSError, RuntimeError):

@@ -17,10 +17,11 @@ from typing import Generic, TypeVar
 import anyio
 
 from . import _events as events
-from ._attempt import AttemptError, DeploymentRequest, adapt_request
+from ._attempt import AttemptError, DeploymentRequest, adapt_request, first_byte_at
 from ._breaker import Permit
 from ._classify import BreakerEffect, FailureKind, Retry, Verdict, verdict_for
 from ._exceptions import AllDeploymentsFailedError, DeadlineExceededError
+from ._logging import log_extra
 from ._pool import LiveDeployment, LivePool
 from ._request import SpeechRequest
 from ._response import Attempt, AttemptOutcome, describe_attempts
@@ -159,6 +160,7 @@ async def _try_last_resort(run: _Run[T]) -> Served[T] | None:
 
 async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit) -> Served[T] | Verdict:
     started = run.clock()
+    first_byte_at.set(None)
     sent = adapt_request(deployment.config, run.request)
     breaker = deployment.breaker
     pool = run.pool
@@ -173,7 +175,12 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
             breaker.record_success(permit)
             elapsed = run.clock() - started
             run.attempts.append(Attempt(deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=sent.adaptations))
-            pool.emit(events.AttemptSucceeded(pool=pool.name, deployment=deployment.name, elapsed=elapsed))
+            arrived = first_byte_at.get()
+            first_byte = None if arrived is None else arrived - started
+            succeeded = events.AttemptSucceeded(
+                pool=pool.name, deployment=deployment.name, elapsed=elapsed, first_byte=first_byte
+            )
+            pool.emit(succeeded)
             return Served(value, deployment, sent, tuple(run.attempts))
         limit = "request deadline" if run.remaining() <= 0 else f"attempt timeout ({deployment.timeouts.attempt:g}s)"
         verdict = verdict_for(FailureKind.ATTEMPT_TIMEOUT, f"{limit} reached")
@@ -201,7 +208,9 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
         deployment.name,
         verdict.kind.value,
         verdict.detail,
-        extra={"pool": pool.name, "deployment": deployment.name, "failure": verdict.kind.value},
+        extra=log_extra(
+            pool.name, deployment.name, failure=verdict.kind.value, status_code=verdict.status_code, elapsed=elapsed
+        ),
     )
     pool.emit(
         events.AttemptFailed(
@@ -241,6 +250,13 @@ def _settle(deployment: LiveDeployment, permit: Permit, verdict: Verdict, pool: 
                 pool.name,
                 breaker.policy.force_open_seconds,
                 verdict.detail,
+                extra=log_extra(
+                    pool.name,
+                    deployment.name,
+                    failure=verdict.kind.value,
+                    status_code=verdict.status_code,
+                    breaker_state="open",
+                ),
             )
         case BreakerEffect.NONE:
             breaker.release(permit)

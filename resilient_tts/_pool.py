@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 
 from openai import AsyncOpenAI
 
-from ._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker, Permit
+from ._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker, Permit
 from ._config import Deployment, Pool, Timeouts
 from ._events import BreakerTransitioned, Event, EventHook, emit
+from ._logging import breaker_log_level, log_extra
 from ._retry import RetryBudget, RetryPolicy
 
 __all__ = ["LivePool", "LiveDeployment", "build_live_pool"]
@@ -100,15 +101,14 @@ def build_live_pool(
 
 def _reporter(pool: str, deployment: str, hooks: tuple[EventHook, ...]) -> Callable[[BreakerTransition], None]:
     def report(transition: BreakerTransition) -> None:
-        level = logging.WARNING if transition.new is not BreakerState.CLOSED else logging.INFO
         logger.log(
-            level,
+            breaker_log_level(transition.new),
             "breaker of %r: %s -> %s (%s)",
             deployment,
             transition.old.value,
             transition.new.value,
             transition.reason,
-            extra={"pool": pool, "deployment": deployment, "breaker_state": transition.new.value},
+            extra=log_extra(pool, deployment, breaker_state=transition.new.value),
         )
         event = BreakerTransitioned(
             pool=pool,

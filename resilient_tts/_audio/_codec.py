@@ -119,6 +119,8 @@ def _decode(
             if not source.streams.audio:
                 raise AudioError(f"body holds no audio stream (FFmpeg read it as {what})")
             stream = source.streams.audio[0]
+            if stream.codec_context is None:  # e.g. a WAV format tag FFmpeg has no decoder for
+                raise AudioError(f"body holds {what} audio that FFmpeg has no decoder for")
             native_rate: int = stream.codec_context.sample_rate
             channels: int = stream.codec_context.channels
             resampler = MonoResampler(rate or native_rate or 48000)
