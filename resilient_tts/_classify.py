@@ -150,7 +150,7 @@ def classify_exception(exc: BaseException, *, headers_received: bool) -> Verdict
         return verdict_for(FailureKind.SHORT_BODY, f"body cut short: {detail}")
     # aiohttp reports a dropped connection as ServerDisconnectedError, which openai's transport
     # maps to httpx's ConnectTimeout: look at the original first.
-    if names & {"ServerDisconnectedError", "RemoteProtocolError", "ReadError", "WriteError"}:
+    if names & {"ServerDisconnectedError", "RemoteProtocolError", "ReadError", "WriteError", "ConnectionResetError", "BrokenPipeError"}:
         return verdict_for(FailureKind.RESET, f"connection lost before the response: {detail}")
     if names & {"ConnectError", "ClientConnectorError", "ConnectTimeout", "gaierror", "SSLError"}:
         return verdict_for(FailureKind.CONNECT, f"cannot connect: {detail}")

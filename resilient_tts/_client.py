@@ -24,6 +24,7 @@ from ._request import SpeechRequest, validate_request
 from ._response import SpeechResponse
 from ._retry import RetryPolicy
 from ._settings import Settings, load_settings
+from ._shared_state import shared_state_from_settings
 from ._transport import Transport, build_openai_client, choose_transport
 
 __all__ = ["SpeechClient"]
@@ -62,6 +63,7 @@ class SpeechClient:
         breaker_open_seconds: float | None = None,
         sample_rate: int | None = None,
         transport: Transport | None = None,
+        redis_url: str | None = None,
         breaker: BreakerPolicy | None = None,
         retry: RetryPolicy | None = None,
         hooks: Sequence[EventHook] = (),
@@ -75,6 +77,7 @@ class SpeechClient:
             "breaker_open_seconds": breaker_open_seconds,
             "sample_rate": sample_rate,
             "transport": transport,
+            "redis_url": redis_url,
         }
         overrides = {key: value for key, value in given.items() if value is not None}
         if models is not None:
@@ -86,6 +89,8 @@ class SpeechClient:
         # The health log and the log lines see every event first; the caller's hooks follow.
         self._hooks: tuple[EventHook, ...] = (self._health_log, log_event, *hooks)
         self._pools: dict[str, LivePool] | None = None
+        # Breaker state shared with a fleet through Redis (RESILIENT_TTS_REDIS_URL), or None.
+        self._shared = shared_state_from_settings(self.settings)
         self._closed = False
         self.audio = _Audio(self)
 
@@ -112,6 +117,9 @@ class SpeechClient:
                 if client is not None:
                     with anyio.CancelScope(shield=True):
                         await client.close()
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.aclose()  # gives back fleet-wide probe permits; bounded, shielded
 
     def _live_pools(self) -> dict[str, LivePool]:
         """Built on first use inside the event loop: breakers and budgets read its clock."""
@@ -130,6 +138,7 @@ class SpeechClient:
                     retry=self._retry_policy,
                     clock=anyio.current_time,
                     hooks=self._hooks,
+                    shared=self._shared,
                 )
                 for name, pool in s.models.items()
             }

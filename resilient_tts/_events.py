@@ -214,8 +214,10 @@ class RequestScope:
     def __enter__(self) -> RequestScope:
         self._token = _current_request.set(self.request_id)
         self._started = self._clock()
-        started = RequestStarted(pool=self._pool, input_chars=self._input_chars, streaming=self._streaming)
-        emit(self._hooks, started)
+        emit(
+            self._hooks,
+            RequestStarted(pool=self._pool, input_chars=self._input_chars, streaming=self._streaming),
+        )
         return self
 
     def served(self, deployment: str, attempts: Sequence[Attempt]) -> None:
@@ -224,15 +226,19 @@ class RequestScope:
         self._attempts = attempts
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         cancelled = exc is not None and isinstance(exc, anyio.get_cancelled_exc_class())
         attempts = self._attempts if exc is None else getattr(exc, "attempts", self._attempts)
+        tried = sum(1 for attempt in attempts if attempt.outcome is not AttemptOutcome.SKIPPED)
         finished = RequestFinished(
             pool=self._pool,
             deployment=self._deployment if exc is None else "",
             elapsed=self._clock() - self._started,
-            attempts=sum(1 for attempt in attempts if attempt.outcome is not AttemptOutcome.SKIPPED),
+            attempts=tried,
             error=None if exc is None or cancelled else type(exc).__name__,
             cancelled=cancelled,
             request_id=self.request_id,

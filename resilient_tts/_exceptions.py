@@ -108,7 +108,8 @@ class UnknownDeploymentError(ResilientTTSError, KeyError):
     """
 
     def __init__(self, name: str, known: Sequence[str]) -> None:
-        super().__init__(f"no deployment is named {name!r}; the configured ones are: {', '.join(known) or 'none'}")
+        listed = ", ".join(known) or "none"
+        super().__init__(f"no deployment is named {name!r}; the configured ones are: {listed}")
         self.name = name
 
     def __str__(self) -> str:

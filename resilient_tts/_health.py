@@ -85,7 +85,11 @@ class PoolHealth:
         return tuple(d.name for d in self.deployments if d.available)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "available": list(self.available), "deployments": [d.to_dict() for d in self.deployments]}
+        return {
+            "name": self.name,
+            "available": list(self.available),
+            "deployments": [d.to_dict() for d in self.deployments],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,10 @@ class ClientHealth:
         return tuple(d for pool in self.pools for d in pool.deployments if d.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"taken_at": self.taken_at.isoformat(), "pools": [pool.to_dict() for pool in self.pools]}
+        return {
+            "taken_at": self.taken_at.isoformat(),
+            "pools": [pool.to_dict() for pool in self.pools],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +158,19 @@ def take_snapshot(pools: Mapping[str, LivePool], log: HealthLog, *, now: float) 
     wall = time.time()
     return ClientHealth(
         pools=tuple(
-            PoolHealth(name, tuple(_deployment_health(pool.name, d, log, now, wall) for d in pool.deployments))
+            PoolHealth(
+                name,
+                tuple(_deployment_health(pool.name, d, log, now, wall) for d in pool.deployments),
+            )
             for name, pool in pools.items()
         ),
         taken_at=datetime.fromtimestamp(wall, UTC),
     )
 
 
-def _deployment_health(pool: str, deployment: LiveDeployment, log: HealthLog, now: float, wall: float) -> DeploymentHealth:
+def _deployment_health(
+    pool: str, deployment: LiveDeployment, log: HealthLog, now: float, wall: float
+) -> DeploymentHealth:
     snapshot = deployment.breaker.snapshot()
     ready_in = deployment.breaker.ready_in()
     latencies = sorted(log.first_bytes(pool, deployment.name))

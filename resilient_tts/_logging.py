@@ -75,9 +75,22 @@ def log_event(event: Event) -> None:
     """
     match event:
         case RequestStarted() if logger.isEnabledFor(logging.DEBUG):
-            _log(logging.DEBUG, event, "request for %r started (%d characters)", event.pool, event.input_chars)
+            _log(
+                logging.DEBUG,
+                event,
+                "request for %r started (%d characters)",
+                event.pool,
+                event.input_chars,
+            )
         case RequestFinished(cancelled=True):
-            _log(logging.DEBUG, event, "request for %r cancelled after %.3fs", event.pool, event.elapsed, elapsed=event.elapsed)
+            _log(
+                logging.DEBUG,
+                event,
+                "request for %r cancelled after %.3fs",
+                event.pool,
+                event.elapsed,
+                elapsed=event.elapsed,
+            )
         case RequestFinished(error=None):
             _log(
                 logging.DEBUG,
@@ -103,7 +116,9 @@ def log_event(event: Event) -> None:
         case AttemptStarted() if logger.isEnabledFor(logging.DEBUG):
             _log(logging.DEBUG, event, "attempt %d on %r", event.number, event.deployment)
         case AttemptSucceeded():
-            first_byte = "" if event.first_byte is None else f", first byte after {event.first_byte:.3f}s"
+            first_byte = (
+                "" if event.first_byte is None else f", first byte after {event.first_byte:.3f}s"
+            )
             _log(
                 logging.DEBUG,
                 event,
@@ -124,13 +139,36 @@ def log_event(event: Event) -> None:
                 failure=event.reason,
             )
         case CooldownSet():
-            _log(logging.INFO, event, "deployment %r asked us to wait %.3gs (Retry-After); cooling down", event.deployment, event.seconds)
+            _log(
+                logging.INFO,
+                event,
+                "deployment %r asked us to wait %.3gs (Retry-After); cooling down",
+                event.deployment,
+                event.seconds,
+            )
         case BudgetExhausted():
-            _log(logging.WARNING, event, "retry budget of pool %r is spent; not retrying %r", event.pool, event.deployment)
+            _log(
+                logging.WARNING,
+                event,
+                "retry budget of pool %r is spent; not retrying %r",
+                event.pool,
+                event.deployment,
+            )
         case HedgeStarted():
-            _log(logging.INFO, event, "no first byte from the preferred deployment after %.3gs; hedging on %r", event.after, event.deployment)
+            _log(
+                logging.INFO,
+                event,
+                "no first byte from the preferred deployment after %.3gs; hedging on %r",
+                event.after,
+                event.deployment,
+            )
         case HedgeCancelled():
-            _log(logging.DEBUG, event, "hedged attempt on %r lost the race; cancelled", event.deployment)
+            _log(
+                logging.DEBUG,
+                event,
+                "hedged attempt on %r lost the race; cancelled",
+                event.deployment,
+            )
         case SegmentSwitched():
             _log(
                 logging.INFO,

@@ -18,6 +18,7 @@ from ._config import Deployment, Pool, Timeouts
 from ._events import BreakerTransitioned, Event, EventHook, emit
 from ._logging import breaker_log_level, log_extra
 from ._retry import RetryBudget, RetryPolicy
+from ._shared_state import PROBE_TTL_MARGIN, SharedCircuitBreaker, SharedState
 
 __all__ = ["LivePool", "LiveDeployment", "build_live_pool"]
 
@@ -43,6 +44,8 @@ class LiveDeployment:
     async def admit(self, *, force: bool = False) -> Permit | None:
         """A breaker permit for one attempt, or None to go elsewhere. Async so that a shared
         breaker (one state for a fleet of processes) can consult its store here."""
+        if isinstance(self.breaker, SharedCircuitBreaker):
+            return await self.breaker.admit(force=force)
         return self.breaker.acquire(force=force)
 
 
@@ -75,6 +78,7 @@ def build_live_pool(
     retry: RetryPolicy,
     clock: Clock,
     hooks: tuple[EventHook, ...] = (),
+    shared: SharedState | None = None,
 ) -> LivePool:
     deployments = []
     for deployment in pool.deployments:
@@ -86,7 +90,16 @@ def build_live_pool(
         )
         open_seconds = _first(deployment.breaker_open_seconds, pool.breaker_open_seconds, breaker_open_seconds)
         policy = _with_open_seconds(breaker_policy, open_seconds)
-        breaker = CircuitBreaker(policy, clock=clock, on_transition=_reporter(name, deployment.name, hooks))
+        reporter = _reporter(name, deployment.name, hooks)
+        breaker: CircuitBreaker
+        if shared is None:
+            breaker = CircuitBreaker(policy, clock=clock, on_transition=reporter)
+        else:
+            # A probe permit held by a process that died expires soon after its attempt would have.
+            probe_ttl = timeouts.attempt + PROBE_TTL_MARGIN
+            breaker = shared.breaker_for(
+                name, deployment.name, policy, clock=clock, probe_ttl=probe_ttl, on_transition=reporter
+            )
         deployments.append(LiveDeployment(pool=name, config=deployment, timeouts=timeouts, breaker=breaker))
     return LivePool(
         name=name,

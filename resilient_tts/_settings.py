@@ -13,9 +13,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,6 +55,30 @@ class Settings(BaseSettings):
     # "auto": aiohttp under asyncio when it is installed (faster), httpx2 otherwise (trio).
     transport: Literal["auto", "httpx", "aiohttp"] = "auto"
     config_file: Path | None = None
+    # Shared breaker state for a fleet (extra "redis"); see docs/shared-state.md. The URL is
+    # a secret: it may hold a password, so it is never shown.
+    redis_url: SecretStr | None = None
+    redis_prefix: str = Field(default="resilient_tts", min_length=1, max_length=100, pattern=r"^[\w.:-]+$")
+    redis_sync_interval: Seconds = Field(default=0.1, le=60)
+    redis_timeout: Seconds = Field(default=0.1, le=10)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # The value is never echoed: it may hold a password.
+        usage = "must be a redis://, rediss:// or unix:// URL, like redis://10.0.0.7:6379/0"
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 (raises ValueError when the port is not a number)
+        except ValueError:
+            raise ValueError(usage) from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(usage)
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, like redis://10.0.0.7:6379/0")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -39,7 +39,7 @@ async def client_for(
     settings.setdefault("stall_timeout", 1.0)
     settings.setdefault("attempt_timeout", 5.0)
     settings.setdefault("deadline", 10.0)
-    settings.setdefault("transport", "httpx")
+    settings.setdefault("transport", "auto")  # aiohttp under asyncio, httpx2 under trio
     async with SpeechClient(
         models={model: deployments(servers, **(deployment_options or {}))},
         breaker=breaker,

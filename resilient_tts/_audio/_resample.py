@@ -17,9 +17,14 @@ from ._types import PcmAudio
 
 __all__ = ["MonoResampler", "pcm_frame", "to_mono"]
 
-# PyAV raises av.error.FFmpegError subclasses (an input cut short gives its EOFError) and a
-# plain ValueError for frames it refuses.
-FFMPEG_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFError, ValueError)
+# PyAV raises av.error.FFmpegError subclasses (an input cut short gives its EOFError), a
+# plain ValueError for frames it refuses, OverflowError for numbers too big for C.
+FFMPEG_ERRORS: tuple[type[BaseException], ...] = (
+    av.error.FFmpegError,
+    EOFError,
+    ValueError,
+    OverflowError,
+)
 
 
 def _layout(channels: int) -> str:

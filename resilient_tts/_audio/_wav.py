@@ -28,6 +28,9 @@ _PCM = 0x0001
 _IEEE_FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE  # the real tag is the first two bytes of the SubFormat GUID
 _INT_BITS = (8, 16, 24, 32)
+# Beyond these a header is garbage, not audio (swresample mixes at most 64 channels).
+_MAX_CHANNELS = 64
+_MAX_RATE = 1_000_000
 _FLOAT_BITS = (32, 64)
 
 
@@ -143,7 +146,7 @@ def _parse_fmt(chunk: bytes) -> tuple[int, int, int, bool]:
     if bits not in (_FLOAT_BITS if is_float else _INT_BITS):
         kind = "float" if is_float else "integer"
         raise AudioError(f"WAV has {bits}-bit {kind} samples; resilient_tts cannot read those")
-    if channels == 0 or rate == 0:
+    if not (0 < channels <= _MAX_CHANNELS and 0 < rate <= _MAX_RATE):
         raise AudioError(f"WAV header is corrupt: {channels} channels at {rate} Hz")
     return rate, channels, bits, is_float
 
