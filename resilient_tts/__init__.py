@@ -10,6 +10,22 @@ from ._breaker import BreakerPolicy, BreakerState
 from ._classify import FailureKind
 from ._client import SpeechClient
 from ._config import Deployment, Pool
+from ._events import (
+    AttemptFailed,
+    AttemptStarted,
+    AttemptSucceeded,
+    BreakerTransitioned,
+    BudgetExhausted,
+    CooldownSet,
+    Event,
+    EventHook,
+    FailedOver,
+    HedgeCancelled,
+    HedgeStarted,
+    RequestFinished,
+    RequestStarted,
+    SegmentSwitched,
+)
 from ._exceptions import (
     AllDeploymentsFailedError,
     AudioError,
@@ -19,7 +35,11 @@ from ._exceptions import (
     InvalidRequestError,
     ResilientTTSError,
     StreamInterruptedError,
+    UnknownDeploymentError,
 )
+from ._health import ClientHealth, DeploymentHealth, PoolHealth
+from ._litellm import LiteLLMImport, import_litellm_config
+from ._otel import OpenTelemetryHook
 from ._response import Attempt, AttemptOutcome, SpeechResponse
 from ._retry import RetryPolicy
 
@@ -38,6 +58,27 @@ __all__ = [
     "BreakerPolicy",
     "BreakerState",
     "RetryPolicy",
+    "import_litellm_config",
+    "LiteLLMImport",
+    # operating it: events for hooks, OpenTelemetry, health
+    "Event",
+    "EventHook",
+    "RequestStarted",
+    "RequestFinished",
+    "AttemptStarted",
+    "AttemptSucceeded",
+    "AttemptFailed",
+    "FailedOver",
+    "BreakerTransitioned",
+    "CooldownSet",
+    "BudgetExhausted",
+    "HedgeStarted",
+    "HedgeCancelled",
+    "SegmentSwitched",
+    "OpenTelemetryHook",
+    "ClientHealth",
+    "PoolHealth",
+    "DeploymentHealth",
     # errors
     "ResilientTTSError",
     "ConfigurationError",
@@ -46,6 +87,7 @@ __all__ = [
     "DeadlineExceededError",
     "StreamInterruptedError",
     "AudioError",
+    "UnknownDeploymentError",
     "ClientClosedError",
 ]
 

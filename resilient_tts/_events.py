@@ -214,10 +214,10 @@ class RequestScope:
     def __enter__(self) -> RequestScope:
         self._token = _current_request.set(self.request_id)
         self._started = self._clock()
-        emit(
-            self._hooks,
-            RequestStarted(pool=self._pool, input_chars=self._input_chars, streaming=self._streaming),
+        started = RequestStarted(
+            pool=self._pool, input_chars=self._input_chars, streaming=self._streaming
         )
+        emit(self._hooks, started)
         return self
 
     def served(self, deployment: str, attempts: Sequence[Attempt]) -> None:

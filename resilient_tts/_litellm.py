@@ -117,7 +117,7 @@ class LiteLLMImport:
         """
         arguments: dict[str, Any] = dict(self.settings)
         arguments["models"] = {
-            pool: Pool(deployments=[Deployment(**spec) for spec in model["deployments"]])
+            pool: Pool(deployments=tuple(Deployment(**spec) for spec in model["deployments"]))
             for pool, model in self.models(resolve_keys=True).items()
         }
         if self.retries_disabled:
@@ -241,7 +241,7 @@ class _Translation:
     # -- model_list ----------------------------------------------------------------------
 
     def _model_list(self, model_list: list[Any]) -> None:
-        parsed: list[tuple[str, float, int, dict[str, Any]]] = []
+        parsed: list[tuple[str, float, int, Mapping[str, Any]]] = []
         skipped_modes: list[str] = []
         for index, raw in enumerate(model_list):
             entry = _mapping(raw)
@@ -294,9 +294,9 @@ class _Translation:
                     "resilient_tts tries them in the order listed "
                     "(set litellm_params.order to choose)"
                 )
-        for param, where in self.unknown_params.items():
+        for param, entries in self.unknown_params.items():
             note = _PARAM_NOTES.get(param, "resilient_tts does not know it")
-            self.warn(f"litellm_params.{param} of {', '.join(where)} not translated: {note}")
+            self.warn(f"litellm_params.{param} of {', '.join(entries)} not translated: {note}")
 
     def _entry(self, name: str, where: str, params: Mapping[str, Any]) -> _Entry | None:
         model: str = params["model"]

@@ -12,6 +12,7 @@ mono through swresample and encoded once.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .._exceptions import AudioError
 from ._codec import decode, decode_info, encode
@@ -94,28 +95,21 @@ def probe(
     return ProbeResult(source.format, info.sample_rate, info.channels, info.duration)
 
 
+@dataclass(frozen=True, slots=True)
 class _Source:
     """A body, what it really is, and what its headers say."""
 
-    __slots__ = ("body", "container", "declared_rate", "format", "info")
-
-    def __init__(
-        self,
-        body: bytes,
-        container: Container | None,
-        fmt: AudioFormat,
-        info: StreamInfo | None,
-        declared_rate: int,
-    ) -> None:
-        self.body = body
-        self.container = container
-        self.format = fmt
-        self.info = info
-        self.declared_rate = declared_rate
+    body: bytes
+    container: Container | None  # None: headerless, so raw PCM as declared
+    format: AudioFormat
+    info: StreamInfo | None  # None: the headers do not say enough
+    declared_rate: int
 
     @classmethod
     def read(cls, body: bytes, declared: AudioFormat, declared_rate: int) -> _Source:
         """Sniff `body`; raise `AudioError` when it is not audio or is cut short."""
+        if declared_rate <= 0:
+            raise ValueError(f"declared_rate must be positive, got {declared_rate}")
         container = sniff_container(body)
         if container is None:
             _check_raw_pcm(body, declared)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -317,3 +318,44 @@ def test_opus_recorded_at_another_rate_is_re_encoded() -> None:
     result = normalize(body, declared=OPUS, declared_rate=24000, target=OPUS, target_rate=24000)
     assert result.transcoded
     assert probe(result.content).sample_rate == 24000
+
+
+def _wav_with(tag: int, channels: int, rate: int, bits: int, data: bytes) -> bytes:
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8 % 2**32, 0, bits)
+    return (
+        b"RIFF\xff\xff\xff\xffWAVEfmt "
+        + struct.pack("<I", len(fmt))
+        + fmt
+        + b"data"
+        + struct.pack("<I", len(data))
+        + data
+    )
+
+
+def test_wav_of_an_unknown_encoding_raises() -> None:
+    """A WAV format tag that no decoder knows is not usable audio."""
+    body = _wav_with(0x1234, 1, 8000, 16, bytes(100))
+    with pytest.raises(AudioError, match="no decoder"):
+        normalize(body, declared=WAV, declared_rate=8000, target=MP3, target_rate=8000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from([1, 3, 6, 7, 0x1234]),
+    st.sampled_from([0, 1, 2, 6, 65, 65535]),
+    st.sampled_from([0, 1, 8000, 24000, 2**31, 2**32 - 1]),
+    st.sampled_from([0, 8, 12, 16, 24, 32, 64]),
+    st.binary(max_size=64),
+)
+def test_nonsense_wav_headers_raise_only_audio_error(
+    tag: int, channels: int, rate: int, bits: int, data: bytes
+) -> None:
+    """Absurd channel counts, rates and widths: a result or AudioError, never a crash."""
+    with contextlib.suppress(AudioError):
+        normalize(
+            _wav_with(tag, channels, rate, bits, data),
+            declared=WAV,
+            declared_rate=24000,
+            target=MP3,
+            target_rate=24000,
+        )

@@ -59,6 +59,8 @@ def test_id3_tag_in_front_of_other_formats() -> None:
 def test_mp3_from_another_encoder_without_info_header() -> None:
     """ffmpeg writing to a pipe leaves out the Xing/Info frame."""
     body = by_ffmpeg(AudioFormat.MP3)
+    assert b"Info" not in body[:256]
+    assert b"Xing" not in body[:256]
     assert sniff(body) is AudioFormat.MP3
 
 

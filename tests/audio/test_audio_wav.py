@@ -87,9 +87,8 @@ def test_extensible_pcm_and_float() -> None:
 def test_integer_widths_keep_the_top_16_bits() -> None:
     """8-bit (unsigned), 24-bit and 32-bit samples become s16."""
     u8 = bytes([128, 255, 0])
-    assert array("h", parse_wav(_wav(_fmt_chunk(1, 1, 8000, 8), _chunk(b"data", u8))).samples)[
-        :
-    ].tolist() == [0, 127 << 8, -32768]
+    pcm = parse_wav(_wav(_fmt_chunk(1, 1, 8000, 8), _chunk(b"data", u8)))
+    assert array("h", pcm.samples).tolist() == [0, 127 << 8, -32768]
     s24 = b"\x56\x34\x12" + b"\x00\x00\x80"
     pcm = parse_wav(_wav(_fmt_chunk(1, 1, 8000, 24), _chunk(b"data", s24)))
     assert array("h", pcm.samples).tolist() == [0x1234, -32768]
