@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from typing import Any
 
 import anyio
 from openai import AsyncOpenAI
@@ -81,18 +82,29 @@ async def compare(base_url: str, *, requests: int, rounds: int, transport: str) 
     if transport == "aiohttp":
         from openai import DefaultAioHttpClient
 
-        raw = AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0, http_client=DefaultAioHttpClient())
+        raw = AsyncOpenAI(
+            base_url=base_url, api_key="sk-bench", max_retries=0, http_client=DefaultAioHttpClient()
+        )
     ours = SpeechClient(
-        models={"kokoro": [Deployment(name="local", base_url=base_url, model="kokoro", api_key="sk-bench")]},
+        models={
+            "kokoro": [
+                Deployment(name="local", base_url=base_url, model="kokoro", api_key="sk-bench")
+            ]
+        },
         transport=transport,  # type: ignore[arg-type]
     )
-    args = {"model": "kokoro", "voice": "alloy", "input": TEXT, "response_format": "wav"}
+    args: dict[str, Any] = {
+        "model": "kokoro",
+        "voice": "alloy",
+        "input": TEXT,
+        "response_format": "wav",
+    }
 
     async def call_raw() -> object:
-        return (await raw.audio.speech.create(**args)).content  # type: ignore[call-overload]
+        return (await raw.audio.speech.create(**args)).content
 
     async def call_ours() -> object:
-        return (await ours.audio.speech.create(**args)).content  # type: ignore[arg-type]
+        return (await ours.audio.speech.create(**args)).content
 
     async with ours:
         for concurrency in (1, 32):
@@ -132,10 +144,19 @@ async def dead_primary(base_url: str, *, requests: int) -> None:
     trips_at_once = BreakerPolicy(consecutive_failures=1, open_seconds=3600, max_open_seconds=3600)
     clients = {
         "healthy pool": SpeechClient(models={"kokoro": pool[1:]}, transport="httpx"),
-        "dead primary, breaker closed": SpeechClient(models={"kokoro": pool}, transport="httpx", breaker=never_trips),
-        "dead primary, breaker open": SpeechClient(models={"kokoro": pool}, transport="httpx", breaker=trips_at_once),
+        "dead primary, breaker closed": SpeechClient(
+            models={"kokoro": pool}, transport="httpx", breaker=never_trips
+        ),
+        "dead primary, breaker open": SpeechClient(
+            models={"kokoro": pool}, transport="httpx", breaker=trips_at_once
+        ),
     }
-    args = {"model": "kokoro", "voice": "alloy", "input": TEXT, "response_format": "wav"}
+    args: dict[str, Any] = {
+        "model": "kokoro",
+        "voice": "alloy",
+        "input": TEXT,
+        "response_format": "wav",
+    }
     logging.getLogger("resilient_tts").setLevel(logging.CRITICAL)  # thousands of expected failures
     print("\ndead primary (connection refused), concurrency 1, p50:")
     healthy = 0.0
@@ -154,7 +175,10 @@ async def main(args: argparse.Namespace) -> None:
     server = start_server(port)
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
-        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; server in its own process at {base_url}")
+        print(
+            f"python {sys.version.split()[0]}, {os.cpu_count()} cores; "
+            f"server in its own process at {base_url}"
+        )
         for transport in args.transports:
             await compare(base_url, requests=args.requests, rounds=args.rounds, transport=transport)
         await dead_primary(base_url, requests=args.requests)
@@ -164,8 +188,12 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=400, help="requests per round and side")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--transports", nargs="+", default=["httpx", "aiohttp"], choices=["httpx", "aiohttp"])
+    parser.add_argument(
+        "--transports", nargs="+", default=["httpx", "aiohttp"], choices=["httpx", "aiohttp"]
+    )
     anyio.run(main, parser.parse_args())

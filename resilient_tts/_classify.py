@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-class FailureKind(str, enum.Enum):
+class FailureKind(enum.StrEnum):
     CONNECT = "connect"  # refused, DNS, TLS: nothing listens there
     RESET = "reset"  # the connection died before the response headers
     FIRST_BYTE_TIMEOUT = "first_byte_timeout"
@@ -96,7 +96,9 @@ def verdict_for(
     cooldown: float | None = None,
 ) -> Verdict:
     retry, breaker = _TABLE[kind]
-    return Verdict(kind, retry, breaker, detail or kind.value.replace("_", " "), status_code, cooldown)
+    return Verdict(
+        kind, retry, breaker, detail or kind.value.replace("_", " "), status_code, cooldown
+    )
 
 
 # llama-swap: "could not find real modelID for kokoro"; LocalAI, vLLM and OpenAI word it
@@ -150,7 +152,14 @@ def classify_exception(exc: BaseException, *, headers_received: bool) -> Verdict
         return verdict_for(FailureKind.SHORT_BODY, f"body cut short: {detail}")
     # aiohttp reports a dropped connection as ServerDisconnectedError, which openai's transport
     # maps to httpx's ConnectTimeout: look at the original first.
-    if names & {"ServerDisconnectedError", "RemoteProtocolError", "ReadError", "WriteError", "ConnectionResetError", "BrokenPipeError"}:
+    if names & {
+        "ServerDisconnectedError",
+        "RemoteProtocolError",
+        "ReadError",
+        "WriteError",
+        "ConnectionResetError",
+        "BrokenPipeError",
+    }:
         return verdict_for(FailureKind.RESET, f"connection lost before the response: {detail}")
     if names & {"ConnectError", "ClientConnectorError", "ConnectTimeout", "gaierror", "SSLError"}:
         return verdict_for(FailureKind.CONNECT, f"cannot connect: {detail}")

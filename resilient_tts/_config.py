@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from ._exceptions import ConfigurationError
@@ -66,7 +74,9 @@ class _Frozen(BaseModel):
             except ValidationError as exc:
                 if not outermost:
                     raise
-                raise ConfigurationError(describe_validation_error(exc, lambda _: type(self).__name__)) from None
+                raise ConfigurationError(
+                    describe_validation_error(exc, lambda _: type(self).__name__)
+                ) from None
 
 
 _validation_depth: ContextVar[int] = ContextVar("resilient_tts_validation_depth", default=0)
@@ -116,7 +126,9 @@ class Deployment(_TimeoutOverrides):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # The value is not echoed: a URL may carry credentials.
-            raise ValueError("must be an http:// or https:// URL with a host, like http://10.0.0.5:8880/v1")
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, like http://10.0.0.5:8880/v1"
+            )
         if parts.username or parts.password:
             raise ValueError("must not carry credentials; put the key in api_key")
         return value.rstrip("/")
@@ -131,7 +143,10 @@ class Deployment(_TimeoutOverrides):
     def __repr__(self) -> str:
         # Never the key: only whether there is one.
         key = "set" if self.api_key is not None else "none"
-        return f"Deployment(name={self.name!r}, base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+        return (
+            f"Deployment(name={self.name!r}, base_url={self.base_url!r}, "
+            f"model={self.model!r}, api_key={key})"
+        )
 
     __str__ = __repr__
 
@@ -147,7 +162,9 @@ class Pool(_TimeoutOverrides):
         seen: set[str] = set()
         for deployment in self.deployments:
             if deployment.name in seen:
-                raise ValueError(f"deployment name {deployment.name!r} appears twice; names must be unique")
+                raise ValueError(
+                    f"deployment name {deployment.name!r} appears twice; names must be unique"
+                )
             seen.add(deployment.name)
         return self
 

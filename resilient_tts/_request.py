@@ -1,4 +1,4 @@
-"""Checks a speech request before any network call, so no deployment pays for the caller's mistake."""
+"""Checks a speech request before any network call: no deployment pays for a caller's mistake."""
 
 from __future__ import annotations
 
@@ -46,24 +46,35 @@ def validate_request(
     """Returns the request as a value object, or raises `InvalidRequestError` saying what to fix."""
     if not isinstance(model, str) or model not in known_models:
         known = ", ".join(sorted(known_models)) or "none (set RESILIENT_TTS_MODELS)"
-        raise InvalidRequestError(f"model={model!r} is not a configured logical model; known: {known}")
+        raise InvalidRequestError(
+            f"model={model!r} is not a configured logical model; known: {known}"
+        )
     if not isinstance(input, str) or not input.strip():
         raise InvalidRequestError("input must be a non-empty string of text to speak")
     if not isinstance(voice, str) or not voice.strip():
         raise InvalidRequestError(f"voice must be a non-empty string, got {_short(voice)}")
     if response_format not in ALL_FORMATS:
         raise InvalidRequestError(
-            f"response_format={_short(response_format)} is not supported; use one of {', '.join(ALL_FORMATS)}"
+            f"response_format={_short(response_format)} is not supported; "
+            f"use one of {', '.join(ALL_FORMATS)}"
         )
     if speed is not None:
-        if isinstance(speed, bool) or not isinstance(speed, int | float) or not math.isfinite(speed):
+        if (
+            isinstance(speed, bool)
+            or not isinstance(speed, int | float)
+            or not math.isfinite(speed)
+        ):
             raise InvalidRequestError(f"speed must be a number, got {_short(speed)}")
         if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise InvalidRequestError(f"speed={speed} is out of range; use {MIN_SPEED} to {MAX_SPEED}")
+            raise InvalidRequestError(
+                f"speed={speed} is out of range; use {MIN_SPEED} to {MAX_SPEED}"
+            )
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequestError(f"instructions must be a string, got {_short(instructions)}")
     if stream_format not in (None, "audio", "sse"):
-        raise InvalidRequestError(f"stream_format={_short(stream_format)} is not supported; use 'audio' or 'sse'")
+        raise InvalidRequestError(
+            f"stream_format={_short(stream_format)} is not supported; use 'audio' or 'sse'"
+        )
     _check_mapping("extra_headers", extra_headers, values=str)
     _check_mapping("extra_body", extra_body, values=object)
     return SpeechRequest(
@@ -98,7 +109,9 @@ def _timeout_seconds(timeout: object) -> float | None:
         numbers = [float(limit) for limit in limits if isinstance(limit, int | float)]
         return max(numbers) if numbers else None
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {_short(timeout)}")
+        raise InvalidRequestError(
+            f"timeout must be a positive number of seconds, got {_short(timeout)}"
+        )
     return float(timeout)
 
 

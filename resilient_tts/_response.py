@@ -14,7 +14,7 @@ from ._classify import FailureKind
 __all__ = ["Attempt", "AttemptOutcome", "SpeechResponse"]
 
 
-class AttemptOutcome(str, enum.Enum):
+class AttemptOutcome(enum.StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     SKIPPED = "skipped"  # the breaker or a Retry-After cooldown kept us away; nothing was sent
@@ -101,7 +101,9 @@ class SpeechResponse:
         with open(file, mode="wb") as f:
             f.write(self._content)
 
-    def stream_to_file(self, file: str | os.PathLike[str], *, chunk_size: int | None = None) -> None:
+    def stream_to_file(
+        self, file: str | os.PathLike[str], *, chunk_size: int | None = None
+    ) -> None:
         self.write_to_file(file)
 
     async def astream_to_file(

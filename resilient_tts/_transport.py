@@ -41,7 +41,9 @@ def choose_transport(preference: Transport) -> Literal["httpx", "aiohttp"]:
     return "httpx"
 
 
-def build_openai_client(deployment: Deployment, *, transport: Literal["httpx", "aiohttp"]) -> AsyncOpenAI:
+def build_openai_client(
+    deployment: Deployment, *, transport: Literal["httpx", "aiohttp"]
+) -> AsyncOpenAI:
     key = deployment.api_key.get_secret_value() if deployment.api_key is not None else None
     headers: dict[str, str | Omit] = {"OpenAI-Organization": Omit(), "OpenAI-Project": Omit()}
     headers["Authorization"] = f"Bearer {key}" if key else Omit()

@@ -13,12 +13,20 @@ from resilient_tts import BreakerPolicy, Deployment, RetryPolicy, SpeechClient
 from resilient_tts.testing import FakeSpeechServer
 
 # Time-based tests run on trio's virtual clock: an hour of backoff takes a millisecond.
-MOCK_CLOCK = pytest.param(("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}), id="trio-mockclock")
+MOCK_CLOCK = pytest.param(
+    ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}), id="trio-mockclock"
+)
 
 
 def deployments(servers: Sequence[FakeSpeechServer], **overrides: Any) -> list[Deployment]:
     return [
-        Deployment(name=server.name, base_url=server.base_url, model=server.model, api_key=f"sk-{server.name}-key", **overrides)
+        Deployment(
+            name=server.name,
+            base_url=server.base_url,
+            model=server.model,
+            api_key=f"sk-{server.name}-key",
+            **overrides,
+        )
         for server in servers
     ]
 

@@ -22,14 +22,49 @@ NOW = 1_800_000_000.0
 @pytest.mark.parametrize(
     ("status", "headers", "body", "kind", "retry", "breaker"),
     [
-        (500, {}, {"error": {"message": "boom"}}, FailureKind.SERVER_ERROR, Retry.ONCE, BreakerEffect.FAILURE),
+        (
+            500,
+            {},
+            {"error": {"message": "boom"}},
+            FailureKind.SERVER_ERROR,
+            Retry.ONCE,
+            BreakerEffect.FAILURE,
+        ),
         (502, {}, "Bad Gateway", FailureKind.SERVER_ERROR, Retry.ONCE, BreakerEffect.FAILURE),
         (503, {}, None, FailureKind.SERVER_ERROR, Retry.ONCE, BreakerEffect.FAILURE),
         (504, {}, None, FailureKind.SERVER_ERROR, Retry.ONCE, BreakerEffect.FAILURE),
-        (429, {"retry-after": "3"}, None, FailureKind.RATE_LIMITED, Retry.LAST_RESORT, BreakerEffect.NONE),
-        (503, {"retry-after-ms": "1500"}, None, FailureKind.RATE_LIMITED, Retry.LAST_RESORT, BreakerEffect.NONE),
-        (429, {}, {"error": {"message": "slow down"}}, FailureKind.THROTTLED, Retry.LAST_RESORT, BreakerEffect.THROTTLE),
-        (401, {}, {"error": {"message": "bad key"}}, FailureKind.DEPLOYMENT_BROKEN, Retry.NEVER, BreakerEffect.FORCE_OPEN),
+        (
+            429,
+            {"retry-after": "3"},
+            None,
+            FailureKind.RATE_LIMITED,
+            Retry.LAST_RESORT,
+            BreakerEffect.NONE,
+        ),
+        (
+            503,
+            {"retry-after-ms": "1500"},
+            None,
+            FailureKind.RATE_LIMITED,
+            Retry.LAST_RESORT,
+            BreakerEffect.NONE,
+        ),
+        (
+            429,
+            {},
+            {"error": {"message": "slow down"}},
+            FailureKind.THROTTLED,
+            Retry.LAST_RESORT,
+            BreakerEffect.THROTTLE,
+        ),
+        (
+            401,
+            {},
+            {"error": {"message": "bad key"}},
+            FailureKind.DEPLOYMENT_BROKEN,
+            Retry.NEVER,
+            BreakerEffect.FORCE_OPEN,
+        ),
         (403, {}, None, FailureKind.DEPLOYMENT_BROKEN, Retry.NEVER, BreakerEffect.FORCE_OPEN),
         (404, {}, None, FailureKind.DEPLOYMENT_BROKEN, Retry.NEVER, BreakerEffect.FORCE_OPEN),
         (
@@ -59,16 +94,32 @@ NOW = 1_800_000_000.0
         (
             422,
             {},
-            {"detail": [{"loc": ["body", "response_format"], "msg": "unsupported response_format"}]},
+            {
+                "detail": [
+                    {"loc": ["body", "response_format"], "msg": "unsupported response_format"}
+                ]
+            },
             FailureKind.UNSUPPORTED,
             Retry.NEVER,
             BreakerEffect.NONE,
         ),
-        (400, {}, {"error": {"message": "input too long"}}, FailureKind.REJECTED, Retry.NEVER, BreakerEffect.NONE),
+        (
+            400,
+            {},
+            {"error": {"message": "input too long"}},
+            FailureKind.REJECTED,
+            Retry.NEVER,
+            BreakerEffect.NONE,
+        ),
     ],
 )
 def test_status_rows(
-    status: int, headers: dict[str, str], body: object, kind: FailureKind, retry: Retry, breaker: BreakerEffect
+    status: int,
+    headers: dict[str, str],
+    body: object,
+    kind: FailureKind,
+    retry: Retry,
+    breaker: BreakerEffect,
 ) -> None:
     """Each status row of the table maps to its retry rule and breaker effect."""
     verdict = classify_status(status, headers, body, now=NOW)
@@ -80,9 +131,13 @@ def test_status_rows(
 def test_retry_after_becomes_a_cooldown_in_seconds_or_http_date() -> None:
     """Retry-After in seconds, retry-after-ms and an HTTP-date all become the cooldown."""
     assert classify_status(429, {"Retry-After": "7"}, None, now=NOW).cooldown == 7
-    assert classify_status(503, {"retry-after-ms": "250"}, None, now=NOW).cooldown == pytest.approx(0.25)
+    assert classify_status(503, {"retry-after-ms": "250"}, None, now=NOW).cooldown == pytest.approx(
+        0.25
+    )
     date = email.utils.formatdate(NOW + 30, usegmt=True)
-    assert classify_status(503, {"retry-after": date}, None, now=NOW).cooldown == pytest.approx(30, abs=1)
+    assert classify_status(503, {"retry-after": date}, None, now=NOW).cooldown == pytest.approx(
+        30, abs=1
+    )
 
 
 class ConnectError(Exception):
@@ -112,11 +167,15 @@ def _wrapped(inner: Exception) -> Exception:
 
 
 def test_transport_errors_before_and_after_headers() -> None:
-    """Refused is CONNECT (no retry); a dropped connection is RESET (retry once); after the headers, a cut body."""
-    refused = classify_exception(_wrapped(ConnectError("[Errno 111] Connection refused")), headers_received=False)
+    """Refused: CONNECT, no retry. Dropped before headers: RESET, one retry. After: a cut body."""
+    refused = classify_exception(
+        _wrapped(ConnectError("[Errno 111] Connection refused")), headers_received=False
+    )
     assert (refused.kind, refused.retry) == (FailureKind.CONNECT, Retry.NEVER)
     assert "Connection refused" in refused.detail
-    reset = classify_exception(_wrapped(RemoteProtocolError("Server disconnected")), headers_received=False)
+    reset = classify_exception(
+        _wrapped(RemoteProtocolError("Server disconnected")), headers_received=False
+    )
     assert (reset.kind, reset.retry) == (FailureKind.RESET, Retry.ONCE)
     # aiohttp's disconnect arrives mapped to ConnectTimeout by openai's transport.
     aiohttp_reset = ConnectTimeout("Server disconnected")
@@ -130,10 +189,16 @@ def test_transport_errors_before_and_after_headers() -> None:
     ("body", "message"),
     [
         ({"error": {"message": "bad voice", "type": "invalid_request_error"}}, "bad voice"),
-        ({"detail": {"error": "validation_error", "message": "Voice x not found"}}, "Voice x not found"),
+        (
+            {"detail": {"error": "validation_error", "message": "Voice x not found"}},
+            "Voice x not found",
+        ),
         ({"detail": "Not Found"}, "Not Found"),
         (b'{"error": {"message": "from bytes"}}', "from bytes"),
-        ("<html><body>502   Bad Gateway</body></html>", "<html><body>502 Bad Gateway</body></html>"),
+        (
+            "<html><body>502   Bad Gateway</body></html>",
+            "<html><body>502 Bad Gateway</body></html>",
+        ),
         (None, ""),
     ],
 )

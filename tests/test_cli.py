@@ -289,7 +289,7 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([script, "--help"], capture_output=True, timeout=TIMEOUT, check=False)
     assert result.returncode == 0
     assert b"demo" in result.stdout
-    assert b"import-litellm" in result.stdout
+    assert b"config" in result.stdout
 
 
 # -- in-process: the usage errors -------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,16 @@ from resilient_tts import ConfigurationError, Deployment, Pool, SpeechClient
 SECRET = "sk-do-not-leak-0123456789"
 
 
-def models_json(*deployments: dict[str, object]) -> str:
+def models_json(*deployments: Mapping[str, object]) -> str:
     return json.dumps({"kokoro": {"deployments": list(deployments)}})
 
 
-GOOD = {"name": "gpu-a", "base_url": "http://127.0.0.1:8880/v1", "model": "kokoro", "api_key": SECRET}
+GOOD = {
+    "name": "gpu-a",
+    "base_url": "http://127.0.0.1:8880/v1",
+    "model": "kokoro",
+    "api_key": SECRET,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +40,10 @@ def test_models_from_environment_with_defaults(monkeypatch: pytest.MonkeyPatch) 
     """RESILIENT_TTS_MODELS builds pools; unset knobs take the documented defaults."""
     monkeypatch.setenv(
         "RESILIENT_TTS_MODELS",
-        models_json(GOOD | {"voices": {"alloy": "af_bella"}, "formats": ["mp3", "wav"]}, GOOD | {"name": "gpu-b"}),
+        models_json(
+            GOOD | {"voices": {"alloy": "af_bella"}, "formats": ["mp3", "wav"]},
+            GOOD | {"name": "gpu-b"},
+        ),
     )
     settings = SpeechClient().settings
     pool = settings.models["kokoro"]
@@ -44,8 +53,16 @@ def test_models_from_environment_with_defaults(monkeypatch: pytest.MonkeyPatch) 
     assert first.formats == ("mp3", "wav")
     assert pool.deployments[1].formats == ("mp3", "opus", "aac", "flac", "wav", "pcm")
     assert (first.sample_rate, first.max_input_chars) == (24000, 4096)
-    assert (settings.deadline, settings.attempt_timeout, settings.first_byte_timeout) == (60, 30, 10)
-    assert (settings.stall_timeout, settings.breaker_open_seconds, settings.sample_rate) == (5, 5, 24000)
+    assert (settings.deadline, settings.attempt_timeout, settings.first_byte_timeout) == (
+        60,
+        30,
+        10,
+    )
+    assert (settings.stall_timeout, settings.breaker_open_seconds, settings.sample_rate) == (
+        5,
+        5,
+        24000,
+    )
 
 
 def test_knobs_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +78,9 @@ def test_knobs_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.breaker_open_seconds, s.sample_rate) == (9, 16000)
 
 
-def test_toml_file_and_environment_beats_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_toml_file_and_environment_beats_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """RESILIENT_TTS_CONFIG_FILE names a TOML file with the same schema; the environment wins."""
     path = tmp_path / "tts.toml"
     path.write_text(
@@ -90,7 +109,9 @@ def test_yaml_file_given_as_argument(tmp_path: Path) -> None:
 
 def test_dotenv_file(tmp_path: Path) -> None:
     """A .env in the working directory is read."""
-    (tmp_path / ".env").write_text(f"RESILIENT_TTS_MODELS='{models_json(GOOD)}'\nRESILIENT_TTS_DEADLINE=7\n")
+    (tmp_path / ".env").write_text(
+        f"RESILIENT_TTS_MODELS='{models_json(GOOD)}'\nRESILIENT_TTS_DEADLINE=7\n"
+    )
     s = SpeechClient().settings
     assert s.deadline == 7
     assert s.models["kokoro"].deployments[0].name == "gpu-a"
@@ -100,7 +121,11 @@ def test_python_objects() -> None:
     """Pools can be given as Python objects: a Pool, a list of Deployments, or plain mappings."""
     a = Deployment(name="a", base_url="http://127.0.0.1:1/v1", model="kokoro")
     client = SpeechClient(
-        models={"kokoro": [a], "piper": Pool(deployments=(a,), first_byte_timeout=1), "x": {"deployments": [GOOD]}},
+        models={
+            "kokoro": [a],
+            "piper": Pool(deployments=(a,), first_byte_timeout=1),
+            "x": {"deployments": [GOOD]},
+        },
         first_byte_timeout=3,
     )
     assert client.settings.models["piper"].first_byte_timeout == 1
@@ -113,11 +138,17 @@ def test_python_objects() -> None:
     [
         ({"kokoro": {"deployments": []}}, "kokoro.deployments"),
         ({"kokoro": {"deployments": [GOOD, GOOD]}}, "appears twice"),
-        ({"kokoro": {"deployments": [GOOD | {"base_url": "ftp://x"}]}}, "kokoro.deployments[0].base_url"),
+        (
+            {"kokoro": {"deployments": [GOOD | {"base_url": "ftp://x"}]}},
+            "kokoro.deployments[0].base_url",
+        ),
         ({"kokoro": {"deployments": [GOOD | {"formats": ["ogg"]}]}}, "formats[0]"),
         ({"kokoro": {"deployments": [GOOD | {"first_byte_timeout": -1}]}}, "first_byte_timeout"),
         ({"kokoro": {"deployments": [GOOD | {"apikey": SECRET}]}}, "unknown field"),
-        ({"kokoro": {"deployments": [GOOD | {"base_url": f"http://user:{SECRET}@x/v1"}]}}, "credentials"),
+        (
+            {"kokoro": {"deployments": [GOOD | {"base_url": f"http://user:{SECRET}@x/v1"}]}},
+            "credentials",
+        ),
     ],
 )
 def test_bad_models_name_the_variable_and_field_and_never_the_key(
@@ -149,7 +180,7 @@ def test_negative_timeout_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_missing_settings_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESILIENT_TTS_CONFIG_FILE", "/nonexistent/tts.toml")
-    with pytest.raises(ConfigurationError, match="RESILIENT_TTS_CONFIG_FILE.*no such file"):
+    with pytest.raises(ConfigurationError, match=r"RESILIENT_TTS_CONFIG_FILE.*no such file"):
         SpeechClient()
 
 
@@ -164,5 +195,11 @@ def test_secret_never_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESILIENT_TTS_MODELS", models_json(GOOD))
     client = SpeechClient()
     deployment = client.settings.models["kokoro"].deployments[0]
-    for text in (repr(deployment), str(deployment), repr(client.settings), repr(client), str(client.settings)):
+    for text in (
+        repr(deployment),
+        str(deployment),
+        repr(client.settings),
+        repr(client),
+        str(client.settings),
+    ):
         assert SECRET not in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -17,6 +18,7 @@ from resilient_tts import (
     FailureKind,
     InvalidRequestError,
     SpeechClient,
+    SpeechResponse,
 )
 from resilient_tts.testing import FakeSpeechServer, Fault
 from tests.helpers import MOCK_CLOCK, client_for, speak
@@ -26,16 +28,23 @@ pytestmark = pytest.mark.anyio
 
 @contextlib.asynccontextmanager
 async def two_servers(primary: Fault) -> AsyncIterator[tuple[FakeSpeechServer, FakeSpeechServer]]:
-    async with FakeSpeechServer(name="primary", fault=primary) as a, FakeSpeechServer(name="backup") as b:
+    async with (
+        FakeSpeechServer(name="primary", fault=primary) as a,
+        FakeSpeechServer(name="backup") as b,
+    ):
         yield a, b
 
 
 def breaker_state(client: SpeechClient, name: str) -> BreakerState:
-    return client._live_pools()["kokoro"].deployments[[d.name for d in client._live_pools()["kokoro"].deployments].index(name)].breaker.state
+    return (
+        client._live_pools()["kokoro"]
+        .deployments[[d.name for d in client._live_pools()["kokoro"].deployments].index(name)]
+        .breaker.state
+    )
 
 
-def kinds(speech_or_error: object) -> list[str]:
-    attempts = getattr(speech_or_error, "attempts")
+def kinds(speech_or_error: SpeechResponse | AllDeploymentsFailedError) -> list[str]:
+    attempts = speech_or_error.attempts
     return [f"{a.deployment}:{a.kind.value if a.kind else a.outcome.value}" for a in attempts]
 
 
@@ -51,7 +60,10 @@ async def test_healthy_primary_serves() -> None:
 
 async def test_connection_refused_fails_over_at_once_and_counts_against_the_breaker() -> None:
     """Refused: no retry on the same deployment, the next one serves, the breaker records it."""
-    async with two_servers(Fault.refuse()) as (a, b), client_for([a, b], breaker=BreakerPolicy(consecutive_failures=2)) as client:
+    async with (
+        two_servers(Fault.refuse()) as (a, b),
+        client_for([a, b], breaker=BreakerPolicy(consecutive_failures=2)) as client,
+    ):
         first = await speak(client)
         await speak(client)
         third = await speak(client)
@@ -72,7 +84,10 @@ async def test_reset_before_headers_is_retried_once_then_fails_over() -> None:
 
 async def test_reset_once_then_recovered_is_served_by_the_same_deployment() -> None:
     """One reset, then the retry succeeds on the same deployment."""
-    async with two_servers(Fault.fail_times(1, Fault.reset())) as (a, b), client_for([a, b]) as client:
+    async with (
+        two_servers(Fault.fail_times(1, Fault.reset())) as (a, b),
+        client_for([a, b]) as client,
+    ):
         speech = await speak(client)
     assert speech.deployment == "primary"
     assert kinds(speech) == ["primary:reset", "primary:success"]
@@ -91,7 +106,10 @@ async def test_5xx_without_hint_is_retried_once_with_backoff_then_fails_over(cod
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_first_byte_timeout_fails_over() -> None:
     """No first byte within the first-byte timeout: on to the next deployment, no retry."""
-    async with two_servers(Fault.slow_first_byte(30)) as (a, b), client_for([a, b], first_byte_timeout=2) as client:
+    async with (
+        two_servers(Fault.slow_first_byte(30)) as (a, b),
+        client_for([a, b], first_byte_timeout=2) as client,
+    ):
         started = anyio.current_time()
         speech = await speak(client)
         elapsed = anyio.current_time() - started
@@ -102,7 +120,10 @@ async def test_first_byte_timeout_fails_over() -> None:
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_hang_is_bounded_by_the_first_byte_timeout() -> None:
     """A server that never answers costs the first-byte timeout, not the 6000 s LiteLLM waits."""
-    async with two_servers(Fault.hang()) as (a, b), client_for([a, b], first_byte_timeout=2) as client:
+    async with (
+        two_servers(Fault.hang()) as (a, b),
+        client_for([a, b], first_byte_timeout=2) as client,
+    ):
         started = anyio.current_time()
         speech = await speak(client)
     assert speech.deployment == "backup"
@@ -112,7 +133,10 @@ async def test_hang_is_bounded_by_the_first_byte_timeout() -> None:
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_stall_inside_the_body_fails_over() -> None:
     """Silence inside the body longer than the stall timeout fails the attempt over."""
-    async with two_servers(Fault.stall(after_bytes=100)) as (a, b), client_for([a, b], stall_timeout=1) as client:
+    async with (
+        two_servers(Fault.stall(after_bytes=100)) as (a, b),
+        client_for([a, b], stall_timeout=1) as client,
+    ):
         speech = await speak(client)
     assert kinds(speech) == ["primary:stall", "backup:success"]
 
@@ -135,10 +159,18 @@ async def test_200_that_is_not_audio_fails_over(kind: str) -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault.unauthorized(), Fault.status(403), Fault.not_found(), Fault.insufficient_quota(), Fault.model_not_found()],
+    [
+        Fault.unauthorized(),
+        Fault.status(403),
+        Fault.not_found(),
+        Fault.insufficient_quota(),
+        Fault.model_not_found(),
+    ],
     ids=["401", "403", "404", "insufficient_quota", "model-unknown"],
 )
-async def test_misconfigured_deployment_is_forced_open(fault: Fault, caplog: pytest.LogCaptureFixture) -> None:
+async def test_misconfigured_deployment_is_forced_open(
+    fault: Fault, caplog: pytest.LogCaptureFixture
+) -> None:
     """401/403/404/quota/unknown model: failover at once, a long open, and a loud log line."""
     async with two_servers(fault) as (a, b), client_for([a, b]) as client:
         first = await speak(client)
@@ -150,10 +182,17 @@ async def test_misconfigured_deployment_is_forced_open(fault: Fault, caplog: pyt
     assert any(r.levelname == "ERROR" and "misconfigured" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("fault", [Fault.unsupported_voice(), Fault.unsupported_format()], ids=["voice", "format"])
-async def test_deployment_lacking_a_voice_or_format_fails_over_without_breaker_failure(fault: Fault) -> None:
+@pytest.mark.parametrize(
+    "fault", [Fault.unsupported_voice(), Fault.unsupported_format()], ids=["voice", "format"]
+)
+async def test_deployment_lacking_a_voice_or_format_fails_over_without_breaker_failure(
+    fault: Fault,
+) -> None:
     """A 400/422 for a voice or format this deployment lacks: next deployment, breaker untouched."""
-    async with two_servers(fault) as (a, b), client_for([a, b], breaker=BreakerPolicy(consecutive_failures=1)) as client:
+    async with (
+        two_servers(fault) as (a, b),
+        client_for([a, b], breaker=BreakerPolicy(consecutive_failures=1)) as client,
+    ):
         speech = await speak(client)
         assert breaker_state(client, "primary") is BreakerState.CLOSED
     assert kinds(speech) == ["primary:unsupported", "backup:success"]
@@ -161,8 +200,11 @@ async def test_deployment_lacking_a_voice_or_format_fails_over_without_breaker_f
 
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_retry_after_fails_over_at_once_and_cools_the_deployment_down() -> None:
-    """429 with Retry-After: failover at once, no breaker failure, the deployment rests for the hint."""
-    async with two_servers(Fault.status(429, retry_after=5)) as (a, b), client_for([a, b]) as client:
+    """429 with Retry-After: failover at once, no breaker failure, a rest for the hinted time."""
+    async with (
+        two_servers(Fault.status(429, retry_after=5)) as (a, b),
+        client_for([a, b]) as client,
+    ):
         first = await speak(client)
         during = await speak(client)
         a.set_fault(Fault.ok())
@@ -178,9 +220,14 @@ async def test_retry_after_fails_over_at_once_and_cools_the_deployment_down() ->
 @pytest.mark.parametrize("header", ["retry_after", "retry_after_ms", "retry_after_date"])
 async def test_retry_after_is_waited_for_only_when_nowhere_else_to_go(header: str) -> None:
     """Alone in its pool, a 503 with a hint that fits the deadline is waited for, as a floor."""
-    options = {"retry_after": 3.0} if header != "retry_after_ms" else {"retry_after_ms": 3000.0}
+    options: dict[str, Any] = (
+        {"retry_after": 3.0} if header != "retry_after_ms" else {"retry_after_ms": 3000.0}
+    )
     fault = Fault.status(503, retry_after_date=header == "retry_after_date", **options)
-    async with FakeSpeechServer(name="only", fault=Fault.fail_times(1, fault)) as a, client_for([a]) as client:
+    async with (
+        FakeSpeechServer(name="only", fault=Fault.fail_times(1, fault)) as a,
+        client_for([a]) as client,
+    ):
         started = anyio.current_time()
         speech = await speak(client)
         waited = anyio.current_time() - started
@@ -191,7 +238,10 @@ async def test_retry_after_is_waited_for_only_when_nowhere_else_to_go(header: st
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_retry_after_longer_than_the_deadline_is_not_waited_for() -> None:
     """A hint that does not fit the deadline fails at once instead of sleeping past it."""
-    async with FakeSpeechServer(name="only", fault=Fault.status(429, retry_after=120)) as a, client_for([a], deadline=10) as client:
+    async with (
+        FakeSpeechServer(name="only", fault=Fault.status(429, retry_after=120)) as a,
+        client_for([a], deadline=10) as client,
+    ):
         started = anyio.current_time()
         with pytest.raises(AllDeploymentsFailedError) as caught:
             await speak(client)
@@ -201,12 +251,15 @@ async def test_retry_after_longer_than_the_deadline_is_not_waited_for() -> None:
 
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
 async def test_429_without_hint_fails_over_or_backs_off_when_alone() -> None:
-    """429 without a hint: the next deployment if there is one; alone, a backoff and one more try."""
+    """429 without a hint: the next deployment; alone in its pool, a backoff and one more try."""
     async with two_servers(Fault.rate_limited()) as (a, b), client_for([a, b]) as client:
         speech = await speak(client)
         assert breaker_state(client, "primary") is BreakerState.CLOSED
     assert kinds(speech) == ["primary:throttled", "backup:success"]
-    async with FakeSpeechServer(name="only", fault=Fault.fail_times(1, Fault.rate_limited())) as a, client_for([a]) as client:
+    async with (
+        FakeSpeechServer(name="only", fault=Fault.fail_times(1, Fault.rate_limited())) as a,
+        client_for([a]) as client,
+    ):
         speech = await speak(client)
     assert kinds(speech) == ["only:throttled", "only:success"]
 
@@ -224,8 +277,10 @@ async def test_429_without_hint_fails_over_or_backs_off_when_alone() -> None:
         ({"timeout": -1}, "timeout"),
     ],
 )
-async def test_bad_requests_fail_before_any_network_call(kwargs: dict[str, object], message: str) -> None:
-    """Empty text, unknown model, bad speed or format: InvalidRequestError, and no server is asked."""
+async def test_bad_requests_fail_before_any_network_call(
+    kwargs: dict[str, object], message: str
+) -> None:
+    """Empty text, unknown model, bad speed or format: InvalidRequestError; no server is asked."""
     async with FakeSpeechServer(name="a") as a, client_for([a]) as client:
         args: dict[str, object] = {"model": "kokoro", "voice": "alloy", "input": "Hi"} | kwargs
         with pytest.raises(InvalidRequestError, match=message):
@@ -252,7 +307,10 @@ async def test_every_deployment_down_lists_every_attempt_well_inside_the_deadlin
     for name in ("a", "b", "c"):
         assert name in str(error)
     assert "sk-" not in str(error)
-    assert not isinstance(error.__cause__, Exception) or "httpx" not in type(error.__cause__).__module__
+    assert (
+        not isinstance(error.__cause__, Exception)
+        or "httpx" not in type(error.__cause__).__module__
+    )
 
 
 @pytest.mark.parametrize("anyio_backend", [MOCK_CLOCK])
@@ -287,7 +345,10 @@ async def test_when_every_breaker_is_open_the_closest_to_reopening_is_tried() ->
 async def test_cancellation_releases_the_half_open_permit_and_is_not_a_failure() -> None:
     """A caller that cancels mid-attempt never counts as a failure and frees its probe permit."""
     policy = BreakerPolicy(consecutive_failures=1, open_seconds=0.01)
-    async with two_servers(Fault.refuse()) as (a, b), client_for([a, b], breaker=policy, first_byte_timeout=30) as client:
+    async with (
+        two_servers(Fault.refuse()) as (a, b),
+        client_for([a, b], breaker=policy, first_byte_timeout=30) as client,
+    ):
         await speak(client)  # trips the primary
         a.set_fault(Fault.hang())
         await anyio.sleep(0.05)  # past the open time: the next request is the half-open probe
@@ -300,7 +361,7 @@ async def test_cancellation_releases_the_half_open_permit_and_is_not_a_failure()
 
 
 async def test_no_server_receives_another_deployments_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each server sees only its own key; none sees OPENAI_API_KEY; a keyless one sees no Authorization."""
+    """Each server sees only its own key, none OPENAI_API_KEY; a keyless one, no Authorization."""
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-environment-must-not-leak")
     monkeypatch.setenv("OPENAI_ORG_ID", "org-must-not-leak")
     from resilient_tts import Deployment
@@ -333,14 +394,25 @@ async def test_voice_mapping_and_dropped_parameters_are_visible() -> None:
         from resilient_tts import Deployment
 
         deployment = Deployment(
-            name="a", base_url=a.base_url, model="kokoro-v1", voices={"alloy": "af_bella"}, accepts_speed=False
+            name="a",
+            base_url=a.base_url,
+            model="kokoro-v1",
+            voices={"alloy": "af_bella"},
+            accepts_speed=False,
         )
         async with SpeechClient(models={"kokoro": [deployment]}, transport="httpx") as client:
             speech = await speak(client, speed=1.5, instructions="cheerful")
     sent = a.requests[0].params
-    assert (sent["voice"], sent["model"], sent["instructions"]) == ("af_bella", "kokoro-v1", "cheerful")
+    assert (sent["voice"], sent["model"], sent["instructions"]) == (
+        "af_bella",
+        "kokoro-v1",
+        "cheerful",
+    )
     assert "speed" not in sent
-    assert speech.attempts[0].adaptations == ("voice 'alloy' -> 'af_bella'", "speed dropped: the deployment does not accept it")
+    assert speech.attempts[0].adaptations == (
+        "voice 'alloy' -> 'af_bella'",
+        "speed dropped: the deployment does not accept it",
+    )
 
 
 async def test_two_hundred_concurrent_requests_while_the_primary_dies() -> None:

@@ -27,7 +27,10 @@ async def test_seed_case_model_unknown_on_llama_swap_fails_over() -> None:
         second = await speak(client)
         third = await speak(client)
     assert first.deployment == "server1"
-    assert [a.kind.value if a.kind else a.outcome.value for a in first.attempts] == ["deployment_broken", "success"]
+    assert [a.kind.value if a.kind else a.outcome.value for a in first.attempts] == [
+        "deployment_broken",
+        "success",
+    ]
     assert second.deployment == "server2"
     assert third.deployment == "server2"
     assert bad.hits == 1  # forced open: not asked again until its breaker allows
@@ -71,7 +74,10 @@ async def test_requests_under_the_same_client_share_breakers_across_backends_cle
     from resilient_tts import ClientClosedError
 
     async with FakeSpeechServer(name="a") as a:
-        client = SpeechClient(models={"kokoro": [Deployment(name="a", base_url=a.base_url, model="kokoro")]}, transport="httpx")
+        client = SpeechClient(
+            models={"kokoro": [Deployment(name="a", base_url=a.base_url, model="kokoro")]},
+            transport="httpx",
+        )
         async with client:
             await speak(client)
         with pytest.raises(ClientClosedError):
