@@ -40,8 +40,9 @@ from ._exceptions import (
 from ._health import ClientHealth, DeploymentHealth, PoolHealth
 from ._litellm import LiteLLMImport, import_litellm_config
 from ._otel import OpenTelemetryHook
-from ._response import Attempt, AttemptOutcome, SpeechResponse
+from ._response import Attempt, AttemptOutcome, SpeechResponse, SpeechSegment
 from ._retry import RetryPolicy
+from ._streaming import StreamedSpeechResponse
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,8 @@ __all__ = [
     # the client and what it returns
     "SpeechClient",
     "SpeechResponse",
+    "StreamedSpeechResponse",
+    "SpeechSegment",
     "Attempt",
     "AttemptOutcome",
     "FailureKind",

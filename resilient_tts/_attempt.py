@@ -3,12 +3,16 @@
 The attempt opens the response as a stream, so it can tell the first byte from the headers
 and notice a body that stalls, instead of waiting for a whole clip behind one timeout. Every
 failure leaves as an `AttemptError` carrying its `Verdict`, the original error chained.
+
+A server that answers ``text/event-stream`` (OpenAI with ``stream_format="sse"``) has its
+``speech.audio.delta`` events decoded here, so everything downstream sees plain audio bytes; a
+stream that ends without ``speech.audio.done`` was cut short.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -22,9 +26,18 @@ from openai import AsyncOpenAI, omit
 from ._classify import FailureKind, Verdict, classify_exception, classify_status, error_message, redact, verdict_for
 from ._config import Deployment, ResponseFormat, Timeouts
 from ._request import SpeechRequest
+from ._sse import AudioDelta, AudioDone, SpeechStreamError, SseParser, speech_event
 from ._transport import NO_AUTHORIZATION
 
-__all__ = ["AttemptError", "AudioStream", "DeploymentRequest", "adapt_request", "first_byte_at", "open_audio_stream"]
+__all__ = [
+    "AttemptError",
+    "AudioStream",
+    "DeploymentRequest",
+    "adapt_request",
+    "first_byte_at",
+    "on_first_byte",
+    "open_audio_stream",
+]
 
 # Lossless formats to ask for when a deployment does not produce the requested one natively:
 # WAV carries its own sample rate, raw PCM does not, FLAC costs a decode.
@@ -36,6 +49,13 @@ _TEXT_TYPES = ("application/json", "text/", "application/problem+json", "applica
 # When this task's attempt received its first body byte (anyio clock): the failover loop reads
 # it for first-byte latency without the attempt function having to return it.
 first_byte_at: ContextVar[float | None] = ContextVar("resilient_tts_first_byte_at", default=None)
+# Called when this task's attempt receives its first audio byte: a hedged race learns from it
+# which deployment answered first (`_hedge.race` sets it in each contestant's task).
+on_first_byte: ContextVar[Callable[[], None] | None] = ContextVar("resilient_tts_on_first_byte", default=None)
+_EVENT_STREAM = "text/event-stream"
+# Chunks already buffered come out of a cancelled read without a checkpoint; beyond this many
+# the rest of the body is left to aclose().
+_MAX_DRAIN_READS = 64
 
 
 class AttemptError(Exception):
@@ -167,6 +187,11 @@ async def open_audio_stream(
         extra_body=dict(request.extra_body) if request.extra_body else None,
     )
     headers_received = False
+    # Body iterators are closed explicitly on every way out: an abandoned async generator
+    # would otherwise be finalized by the garbage collector (trio warns), and closing httpx2's
+    # own iterator is what closes the connection of a body read only in part.
+    raw: Any = None
+    body: Any = None
     with anyio.move_on_after(timeouts.first_byte) as first_byte:
         try:
             response = await response_cm.__aenter__()
@@ -177,23 +202,29 @@ async def open_audio_stream(
         headers_received = True
         try:
             content_type = response.headers.get("content-type", "").lower()
-            body = response.iter_bytes()
+            sse = content_type.startswith(_EVENT_STREAM)
+            raw = response.http_response.aiter_bytes()
+            body = _sse_audio(raw, secrets) if sse else raw
             try:
                 first_chunk = await body.__anext__()
                 first_byte_at.set(anyio.current_time())
+                notify = on_first_byte.get()
+                if notify is not None:
+                    notify()
             except StopAsyncIteration:
                 first_chunk = b""
             except _TRANSPORT_ERRORS as exc:
                 raise AttemptError(classify_exception(exc, headers_received=True)) from exc
         except BaseException:
-            await _close_quietly(response_cm)
+            await _close_quietly(response_cm, body, raw)
             raise
     if first_byte.cancelled_caught:
         if headers_received:
-            await _close_quietly(response_cm)
+            await _close_quietly(response_cm, body, raw)
         raise AttemptError(verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s"))
     try:
-        if not first_chunk or content_type.startswith(_TEXT_TYPES) or first_chunk[:1] in (b"{", b"<", b"["):
+        textual = content_type.startswith(_TEXT_TYPES) and not sse
+        if not first_chunk or textual or first_chunk[:1] in (b"{", b"<", b"["):
             rest = first_chunk + b"".join([chunk async for chunk in _limited(body, 4096)])
             message = redact(error_message(rest), secrets) or "empty body"
             raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not audio ({content_type or 'no content type'}): {message}"))
@@ -203,14 +234,37 @@ async def open_audio_stream(
             first_chunk,
             body,
             content_type=content_type,
-            content_length=int(length) if length and length.isdigit() and not encoded else None,
+            # An event stream's length counts events, not the audio they carry.
+            content_length=int(length) if length and length.isdigit() and not (encoded or sse) else None,
             stall_timeout=timeouts.stall,
         )
     except BaseException:
-        await _close_quietly(response_cm)
+        await _close_quietly(response_cm, body, raw)
         raise
     # Body read to the end: closing returns the connection to the pool and cannot hang.
+    await _close_iterators(body, raw)
     await response_cm.__aexit__(None, None, None)
+
+
+async def _sse_audio(events: AsyncIterator[bytes], secrets: list[str]) -> AsyncIterator[bytes]:
+    """The audio bytes carried by an event stream's ``speech.audio.delta`` events."""
+    parser = SseParser()
+    async for chunk in events:
+        try:
+            parsed = parser.feed(chunk)
+        except ValueError as exc:
+            raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"event stream: {exc}")) from exc
+        for event in parsed:
+            match speech_event(event):
+                case AudioDelta(audio=audio) if audio:
+                    yield audio
+                case AudioDone():
+                    return
+                case SpeechStreamError(message=message):
+                    # speaches fails a bad voice or speed after its 200 was sent (SPEC §6).
+                    detail = f"HTTP 200 but the event stream reported an error: {redact(message, secrets)}"
+                    raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, detail))
+    raise AttemptError(verdict_for(FailureKind.SHORT_BODY, "event stream ended without speech.audio.done"))
 
 
 async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
@@ -223,9 +277,32 @@ async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[byte
                 return
 
 
-async def _close_quietly(response_cm: Any) -> None:
+async def _close_iterators(*iterators: Any) -> None:
+    """Ends body iterators left mid-body, outermost first (finished ones are left alone).
+
+    ``aclose()`` alone is not enough: httpx2's transport iterates httpcore2's stream with a
+    plain ``async for``, so closing the outer generator orphans the inner one, which trio then
+    finalizes with a ResourceWarning. A read in an already-cancelled scope instead ends every
+    generator of the chain with the cancellation (after any chunks already buffered); the
+    connection is closed, not reused, as for any body read in part.
+    """
+    for iterator in iterators:
+        if iterator is None:
+            continue
+        with anyio.CancelScope() as drain:
+            drain.cancel()
+            for _ in range(_MAX_DRAIN_READS):
+                try:
+                    await iterator.__anext__()
+                except Exception:  # StopAsyncIteration, or the error it ended with
+                    break
+        await iterator.aclose()
+
+
+async def _close_quietly(response_cm: Any, *iterators: Any) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
         try:
+            await _close_iterators(*iterators)
             await response_cm.__aexit__(None, None, None)
         except Exception:  # noqa: S110 - the attempt already failed or finished; closing is best effort
             pass

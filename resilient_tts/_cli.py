@@ -70,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(status: int, exc: BaseException) -> int:
     # One line: a multi-problem ConfigurationError lists its problems separated by "; ".
-    message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    first, *rest = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
+    message = f"{first} {'; '.join(rest)}" if first.endswith(":") else "; ".join([first, *rest])
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return status
 

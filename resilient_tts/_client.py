@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from os import PathLike
 from types import TracebackType
 from typing import Any, Literal
@@ -10,7 +11,7 @@ from typing import Any, Literal
 import anyio
 
 from ._attempt import AttemptError, DeploymentRequest, open_audio_stream
-from ._audio import AudioFormat, NormalizedAudio, normalize
+from ._audio import AudioFormat, NormalizedAudio, encodable_rate, plan
 from ._breaker import BreakerPolicy
 from ._classify import FailureKind, verdict_for
 from ._config import Deployment, Pool, Timeouts
@@ -19,22 +20,19 @@ from ._exceptions import AudioError, ClientClosedError, InvalidRequestError, Unk
 from ._failover import run_with_failover
 from ._health import ClientHealth, HealthLog, take_snapshot
 from ._logging import log_event, log_extra, logger
+from ._long_text import SpeechJob, is_long, synthesize_long
 from ._pool import LiveDeployment, LivePool, build_live_pool
 from ._request import SpeechRequest, validate_request
-from ._response import SpeechResponse
+from ._response import SpeechResponse, SpeechSegment
 from ._retry import RetryPolicy
 from ._settings import Settings, load_settings
 from ._shared_state import shared_state_from_settings
+from ._streaming import SpeechStreamContext, StreamedSpeechResponse
 from ._transport import Transport, build_openai_client, choose_transport
 
 __all__ = ["SpeechClient"]
 
 PoolLike = Pool | Sequence[Deployment | Mapping[str, Any]] | Mapping[str, Any]
-
-# Bodies up to this size are normalized on the event loop; larger ones in a worker thread, so
-# a transcode never blocks other requests. Pass-through costs only a sniff either way.
-_INLINE_TRANSCODE_BYTES = 64 * 1024
-
 
 class SpeechClient:
     """A drop-in for `openai.AsyncOpenAI().audio.speech` that fails over across deployments.
@@ -80,8 +78,10 @@ class SpeechClient:
             "redis_url": redis_url,
         }
         overrides = {key: value for key, value in given.items() if value is not None}
-        if models is not None:
+        if isinstance(models, Mapping):
             overrides["models"] = {name: _as_pool(pool) for name, pool in models.items()}
+        elif models is not None:  # pydantic says what is wrong with it
+            overrides["models"] = models
         self.settings: Settings = load_settings(**overrides)
         self._breaker_policy = breaker or BreakerPolicy()
         self._retry_policy = retry or RetryPolicy()
@@ -152,12 +152,12 @@ class SpeechClient:
 
     async def _create(self, request: SpeechRequest) -> SpeechResponse:
         pool = self._live_pools()[request.model]
-        candidates = tuple(d for d in pool.deployments if len(request.input) <= d.config.max_input_chars)
-        if not candidates:
-            longest = max(d.config.max_input_chars for d in pool.deployments)
-            raise InvalidRequestError(
-                f"input is {len(request.input)} characters; the deployments of {request.model!r} take at most {longest}"
-            )
+        if is_long(request.input, pool):
+            # Some deployment cannot take it in one request: segment by segment (SPEC §5).
+            with RequestScope(self._hooks, pool=request.model, input_chars=len(request.input)) as scope:
+                response = await synthesize_long(self._speech_job(request, pool))
+                scope.served(response.deployment, response.attempts)
+            return response
         target_rate = self.settings.sample_rate
 
         async def fetch(deployment: LiveDeployment, sent: DeploymentRequest) -> NormalizedAudio:
@@ -167,17 +167,31 @@ class SpeechClient:
             return await _normalize(body, sent, deployment, request, target_rate)
 
         with RequestScope(self._hooks, pool=request.model, input_chars=len(request.input)) as scope:
-            served = await run_with_failover(pool, request, fetch, clock=anyio.current_time, candidates=candidates)
-            scope.served(served.deployment.name, served.attempts)
+            served = await run_with_failover(pool, request, fetch, clock=anyio.current_time)
+            # What normalization did (a mislabelled body, a transcode) is told on the attempt that
+            # served, next to what adapt_request changed: never silent.
+            *tried, success = served.attempts
+            adaptations = (*success.adaptations, *served.value.notes)
+            attempts = (*tried, replace(success, adaptations=adaptations))
+            scope.served(served.deployment.name, attempts)
         audio = served.value
         return SpeechResponse(
             audio.content,
             deployment=served.deployment.name,
-            attempts=served.attempts,
+            attempts=attempts,
             response_format=request.response_format,
             sample_rate=audio.sample_rate,
             duration=audio.duration,
+            segments=(SpeechSegment(0, 0, len(request.input), served.deployment.name, audio.duration),),
         )
+
+    def _stream(self, request: SpeechRequest) -> SpeechStreamContext:
+        pool = self._live_pools()[request.model]
+        return SpeechStreamContext(StreamedSpeechResponse(self._speech_job(request, pool), hooks=self._hooks))
+
+    def _speech_job(self, request: SpeechRequest, pool: LivePool) -> SpeechJob:
+        rate = encodable_rate(AudioFormat(request.response_format), self.settings.sample_rate)
+        return SpeechJob(pool, request, self._openai_for, rate)
 
     # -- operating it ---------------------------------------------------------------------
 
@@ -247,27 +261,28 @@ class SpeechClient:
 async def _normalize(
     body: bytes, sent: DeploymentRequest, deployment: LiveDeployment, request: SpeechRequest, target_rate: int
 ) -> NormalizedAudio:
-    def run() -> NormalizedAudio:
-        return normalize(
+    try:
+        # A sniff and a header walk: cheap, and enough to reject most bodies that are not audio.
+        conversion = plan(
             body,
             declared=AudioFormat(sent.asked_format),
             declared_rate=deployment.config.sample_rate,
             target=AudioFormat(request.response_format),
             target_rate=target_rate,
         )
-
-    try:
-        if len(body) <= _INLINE_TRANSCODE_BYTES:
-            return run()
-        return await anyio.to_thread.run_sync(run)
+        # A pass-through or a short transcode stays on the event loop; longer transcodes (100 ms
+        # and more for a few seconds of mp3) go to a worker thread so other requests carry on.
+        if conversion.is_brief:
+            return conversion.run()
+        return await anyio.to_thread.run_sync(conversion.run)
     except AudioError as exc:
         raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")) from exc
 
 
 def _as_pool(value: PoolLike) -> Any:
     """Accepts a Pool, a list of deployments, or a mapping; pydantic validates the rest."""
-    if isinstance(value, Pool | Mapping):
-        return value
+    if isinstance(value, Pool | Mapping) or not isinstance(value, Sequence) or isinstance(value, str):
+        return value  # a str is a Sequence too, but never a list of deployments
     return {"deployments": list(value)}
 
 
@@ -277,8 +292,11 @@ def _given(value: Any) -> Any:
 
 
 class _Speech:
+    """``client.audio.speech``: `create`, and `with_streaming_response.create`."""
+
     def __init__(self, client: SpeechClient) -> None:
         self._client = client
+        self.with_streaming_response = _StreamingSpeech(self)
 
     async def create(
         self,
@@ -301,10 +319,43 @@ class _Speech:
         deadline for the whole request, all attempts included. Raises `InvalidRequestError`
         before any network call for a bad request, `AllDeploymentsFailedError` (with every
         attempt) when no deployment could deliver.
+
+        A text longer than some deployment's `max_input_chars` is spoken in segments, each
+        with its own failover and deadline, and joined into one file (see `segments`).
         """
+        request = self._validate(
+            input=input,
+            model=model,
+            voice=voice,
+            instructions=instructions,
+            response_format=response_format,
+            speed=speed,
+            stream_format=stream_format,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+            timeout=timeout,
+        )
+        return await self._client._create(request)
+
+    def _validate(
+        self,
+        *,
+        input: object,
+        model: object,
+        voice: object,
+        instructions: object,
+        response_format: object,
+        speed: object,
+        stream_format: object,
+        extra_headers: object,
+        extra_query: object,
+        extra_body: object,
+        timeout: object,
+    ) -> SpeechRequest:
         if extra_query:
             raise InvalidRequestError("extra_query is not supported: deployments differ; use extra_body")
-        request = validate_request(
+        return validate_request(
             known_models=self._client.settings.models.keys(),
             model=model,
             voice=voice,
@@ -317,7 +368,57 @@ class _Speech:
             extra_body=extra_body,
             timeout=_given(timeout),
         )
-        return await self._client._create(request)
+
+
+class _StreamingSpeech:
+    """``client.audio.speech.with_streaming_response``, as in the openai SDK."""
+
+    def __init__(self, speech: _Speech) -> None:
+        self._speech = speech
+
+    def create(
+        self,
+        *,
+        input: str,
+        model: str,
+        voice: str,
+        instructions: str | None | Any = None,
+        response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
+        speed: float | None | Any = None,
+        stream_format: Literal["sse", "audio"] | None | Any = None,
+        extra_headers: Mapping[str, str] | None = None,
+        extra_query: Mapping[str, object] | None = None,
+        extra_body: Mapping[str, object] | None = None,
+        timeout: float | Any | None = None,
+    ) -> SpeechStreamContext:
+        """Same parameters as `create`; use it with ``async with``::
+
+            async with client.audio.speech.with_streaming_response.create(
+                model="kokoro", voice="alloy", input=text, response_format="pcm"
+            ) as response:
+                async for chunk in response.iter_bytes():
+                    play(chunk)
+
+        Entering the block fails over until a deployment sends its first audio byte (raising
+        `AllDeploymentsFailedError` if none does); until the first byte reaches the caller, a
+        failed body fails over too. After that a failure raises `StreamInterruptedError`.
+        `timeout` bounds the failover before the first byte; the body then only has to keep
+        coming (the stall timeout). `InvalidRequestError` is raised here, at once.
+        """
+        request = self._speech._validate(
+            input=input,
+            model=model,
+            voice=voice,
+            instructions=instructions,
+            response_format=response_format,
+            speed=speed,
+            stream_format=stream_format,
+            extra_headers=extra_headers,
+            extra_query=extra_query,
+            extra_body=extra_body,
+            timeout=timeout,
+        )
+        return self._speech._client._stream(request)
 
 
 class _Audio:

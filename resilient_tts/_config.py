@@ -11,7 +11,7 @@ These are the objects the rest of the package reads. They validate themselves, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -157,6 +157,14 @@ class Pool(_TimeoutOverrides):
     deployments: Annotated[tuple[Deployment, ...], Field(min_length=1)]
     hedge_delay: Seconds | None = None
 
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _field_names_are_strings(cls, value: Any) -> Any:
+        # pydantic builds each Deployment(**fields): a non-str key would be a bare TypeError.
+        if isinstance(value, list | tuple) and not all(_str_keys(item) for item in value):
+            raise ValueError("each deployment must be a mapping whose field names are strings")
+        return value
+
     @model_validator(mode="after")
     def _unique_names(self) -> Pool:
         seen: set[str] = set()
@@ -167,6 +175,10 @@ class Pool(_TimeoutOverrides):
                 )
             seen.add(deployment.name)
         return self
+
+
+def _str_keys(value: object) -> bool:
+    return not isinstance(value, Mapping) or all(isinstance(key, str) for key in value)
 
 
 # Fields whose offending value may be shown in an error message: none of them can hold a secret.

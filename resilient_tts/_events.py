@@ -3,7 +3,8 @@
 A hook is any callable taking one event; it is called synchronously, in order, on the event
 loop, so it must be quick (hand slow work to a queue). A hook that raises is logged and
 ignored: observability never fails a request. Events carry names, kinds and timings, never
-an API key and never audio.
+an API key and never audio. Every event has a `request_id`; `RequestStarted` and
+`RequestFinished` bracket each request.
 
     def on_event(event: resilient_tts.Event) -> None:
         if isinstance(event, resilient_tts.FailedOver):
@@ -100,17 +101,23 @@ class RequestFinished(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptStarted(Event):
+    """An attempt is being sent to `deployment`; `number` counts the request's attempts."""
+
     number: int  # 1 for the request's first attempt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptSucceeded(Event):
+    """`deployment` delivered audio; `first_byte` is None if it could not be measured."""
+
     elapsed: float
     first_byte: float | None = None  # seconds from sending to the first body byte
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AttemptFailed(Event):
+    """The attempt on `deployment` failed: `kind` says how (SPEC §4), `detail` in words."""
+
     kind: FailureKind
     detail: str
     status_code: int | None
@@ -131,6 +138,8 @@ class FailedOver(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BreakerTransitioned(Event):
+    """The circuit breaker of `deployment` changed state; `open_until` is on the loop's clock."""
+
     old: BreakerState
     new: BreakerState
     reason: str
@@ -139,6 +148,8 @@ class BreakerTransitioned(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CooldownSet(Event):
+    """`deployment` asked us to stay away for `seconds` (``Retry-After``); not a failure."""
+
     seconds: float  # from Retry-After / retry-after-ms
 
 
@@ -149,6 +160,8 @@ class BudgetExhausted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HedgeStarted(Event):
+    """A hedged attempt started on `deployment` because the one before was slow."""
+
     after: float  # seconds without a first byte from the deployment hedged against
 
 

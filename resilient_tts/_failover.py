@@ -5,14 +5,22 @@ the same deployment (budget allowing, after a jittered backoff), on to the next 
 a deployment kept as a last resort because it asked us to wait (``Retry-After``) or throttled
 us. When every breaker keeps us away, the deployment closest to reopening is tried anyway.
 Nothing ever sleeps past the deadline; a wait hint that does not fit is not waited for.
+
+With a pool's `hedge_delay` set, a deployment that has not sent its first byte after that
+long gets company: the next deployment is started too (if the retry budget has a token), the
+first to answer wins and the other is cancelled, which is not a failure (`_hedge.race`).
+
+With ``hold=True`` (streaming) an attempt that returns has only received its first byte: its
+breaker permit stays taken, and the caller settles it through `Served.held` when the body ends.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio
 
@@ -21,13 +29,14 @@ from ._attempt import AttemptError, DeploymentRequest, adapt_request, first_byte
 from ._breaker import Permit
 from ._classify import BreakerEffect, FailureKind, Retry, Verdict, verdict_for
 from ._exceptions import AllDeploymentsFailedError, DeadlineExceededError
+from ._hedge import Contestant, race
 from ._logging import log_extra
 from ._pool import LiveDeployment, LivePool
 from ._request import SpeechRequest
 from ._response import Attempt, AttemptOutcome, describe_attempts
 from ._retry import retry_wait
 
-__all__ = ["AttemptFunction", "Served", "run_with_failover"]
+__all__ = ["AttemptFunction", "HeldAttempt", "Served", "run_with_failover"]
 
 logger = logging.getLogger("resilient_tts")
 
@@ -40,7 +49,77 @@ class Served(Generic[T]):
     value: T
     deployment: LiveDeployment
     sent: DeploymentRequest
+    # Every attempt so far; with hold=True, all but the one that served (see `held`).
     attempts: tuple[Attempt, ...]
+    held: HeldAttempt | None = None
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class HeldAttempt:
+    """An attempt that has received its first byte while its body is still to be read.
+
+    Its breaker permit stays taken until the body ends. Settle it exactly once:
+    `succeeded()` when the body ended whole, `failed(verdict)` when it stalled or was cut,
+    `released()` when the caller stopped reading (never the deployment's fault). Each returns
+    the attempt's `Attempt` record; calls after the first return the same record.
+    """
+
+    def __init__(
+        self,
+        pool: LivePool,
+        deployment: LiveDeployment,
+        permit: Permit,
+        sent: DeploymentRequest,
+        *,
+        started: float,
+        first_byte: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.deployment = deployment
+        self._pool = pool
+        self._permit = permit
+        self._sent = sent
+        self._started = started
+        self._first_byte = first_byte
+        self._clock = clock
+        self._record: Attempt | None = None
+
+    def succeeded(self) -> Attempt:
+        if self._record is None:
+            self.deployment.breaker.record_success(self._permit)
+            elapsed = self._clock() - self._started
+            self._record = Attempt(
+                self.deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=self._sent.adaptations
+            )
+            self._pool.emit(
+                events.AttemptSucceeded(
+                    pool=self._pool.name, deployment=self.deployment.name, elapsed=elapsed, first_byte=self._first_byte
+                )
+            )
+        return self._record
+
+    def failed(self, verdict: Verdict) -> Attempt:
+        if self._record is None:
+            elapsed = self._clock() - self._started
+            self._record = _record_failure(self._pool, self.deployment, self._permit, self._sent, verdict, elapsed)
+        return self._record
+
+    def released(self) -> Attempt:
+        if self._record is None:
+            self.deployment.breaker.release(self._permit)
+            elapsed = self._clock() - self._started
+            self._record = Attempt(
+                self.deployment.name,
+                AttemptOutcome.CANCELLED,
+                elapsed,
+                error="the caller stopped reading",
+                adaptations=self._sent.adaptations,
+            )
+        return self._record
 
 
 @dataclass
@@ -54,6 +133,7 @@ class _Run(Generic[T]):
     last_failure: tuple[str, FailureKind] | None = None  # (deployment, kind), for FailedOver
     # Deployments that asked us to wait (Retry-After) or throttled us, with when to come back.
     last_resort: list[tuple[float, int, LiveDeployment]] = field(default_factory=list)
+    hold: bool = False
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
@@ -66,14 +146,21 @@ async def run_with_failover(
     *,
     clock: Callable[[], float],
     candidates: tuple[LiveDeployment, ...] | None = None,
+    hold: bool = False,
 ) -> Served[T]:
-    """Runs `attempt` on the pool's deployments until one succeeds; raises the story otherwise."""
+    """Runs `attempt` on the pool's deployments until one succeeds; raises the story otherwise.
+
+    `candidates` replaces the pool's order (a long text's next segment puts the deployment
+    that spoke the previous one first). `hold`: see the module docstring.
+    """
     deadline = clock() + (request.timeout if request.timeout is not None else pool.deadline)
-    run = _Run(pool, request, attempt, clock, deadline)
+    run = _Run(pool, request, attempt, clock, deadline, hold=hold)
     order = candidates if candidates is not None else pool.deployments
     pool.budget.deposit()
     admitted_any = False
-    for deployment in order:
+    pending = deque(order)  # a hedge takes its deployment from here too
+    while pending:
+        deployment = pending.popleft()
         if run.remaining() <= 0:
             break
         permit = await deployment.admit()
@@ -81,7 +168,10 @@ async def run_with_failover(
             run.attempts.append(_skipped(deployment))
             continue
         admitted_any = True
-        served = await _try_deployment(run, deployment, permit)
+        if pool.hedge_delay is not None and pending:
+            served = await _try_hedged(run, deployment, permit, pending, pool.hedge_delay)
+        else:
+            served = await _try_deployment(run, deployment, permit)
         if served is not None:
             return served
     if not admitted_any and run.remaining() > 0:
@@ -121,6 +211,51 @@ async def _try_deployment(run: _Run[T], deployment: LiveDeployment, permit: Perm
         if next_permit is None:  # the failure tripped the breaker: go elsewhere
             return None
         permit = next_permit
+
+
+async def _try_hedged(
+    run: _Run[T], deployment: LiveDeployment, permit: Permit, pending: deque[LiveDeployment], delay: float
+) -> Served[T] | None:
+    """`_try_deployment`, with the next deployments of `pending` started alongside whenever
+    `delay` passes without a first byte. Losers go back to the front of `pending`: they
+    were cancelled, not failed, and may serve if the winner's body fails after all."""
+    pool = run.pool
+
+    def contestant(candidate: LiveDeployment, candidate_permit: Permit) -> Contestant[LiveDeployment, Served[T]]:
+        return Contestant(candidate, lambda: _try_deployment(run, candidate, candidate_permit))
+
+    async def hedge() -> Contestant[LiveDeployment, Served[T]] | None:
+        while pending and run.remaining() > 0:
+            candidate = pending.popleft()
+            candidate_permit = await candidate.admit()
+            if candidate_permit is None:
+                run.attempts.append(_skipped(candidate))
+                continue
+            if not pool.budget.try_spend():  # hedges draw on the retry budget
+                candidate.breaker.release(candidate_permit)
+                pending.appendleft(candidate)
+                pool.emit(events.BudgetExhausted(pool=pool.name, deployment=candidate.name))
+                return None
+            pool.emit(events.HedgeStarted(pool=pool.name, deployment=candidate.name, after=delay))
+            return contestant(candidate, candidate_permit)
+        return None
+
+    def cancelled(loser: LiveDeployment, elapsed: float) -> None:
+        run.attempts.append(Attempt(loser.name, AttemptOutcome.CANCELLED, elapsed, error="lost a hedged race"))
+        pool.emit(events.HedgeCancelled(pool=pool.name, deployment=loser.name))
+
+    first = contestant(deployment, permit)
+    outcome = await race(first, hedge, delay=delay, on_cancel=cancelled, clock=run.clock)
+    for loser, _ in reversed(outcome.cancelled):
+        pending.appendleft(loser)
+    for late in outcome.surplus:  # answered too, a moment after the winner
+        if late.held is not None:
+            late.held.released()
+        if isinstance(late.value, _Closable):
+            await late.value.aclose()
+    if outcome.result is None:
+        return None
+    return replace(outcome.result, attempts=tuple(run.attempts))  # the cancelled ones too
 
 
 async def _try_closest_to_ready(run: _Run[T], order: tuple[LiveDeployment, ...]) -> Served[T] | None:
@@ -171,6 +306,18 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
     try:
         with anyio.CancelScope(deadline=min(started + deployment.timeouts.attempt, run.deadline)) as scope:
             value = await run.attempt(deployment, sent)
+        if not scope.cancelled_caught and run.hold:
+            arrived = first_byte_at.get()
+            held = HeldAttempt(
+                pool,
+                deployment,
+                permit,
+                sent,
+                started=started,
+                first_byte=None if arrived is None else arrived - started,
+                clock=run.clock,
+            )
+            return Served(value, deployment, sent, tuple(run.attempts), held)
         if not scope.cancelled_caught:
             breaker.record_success(permit)
             elapsed = run.clock() - started
@@ -192,17 +339,14 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
         raise
     elapsed = run.clock() - started
     run.last_failure = (deployment.name, verdict.kind)
-    run.attempts.append(
-        Attempt(
-            deployment.name,
-            AttemptOutcome.FAILED,
-            elapsed,
-            error=verdict.detail,
-            kind=verdict.kind,
-            status_code=verdict.status_code,
-            adaptations=sent.adaptations,
-        )
-    )
+    run.attempts.append(_record_failure(pool, deployment, permit, sent, verdict, elapsed))
+    return verdict
+
+
+def _record_failure(
+    pool: LivePool, deployment: LiveDeployment, permit: Permit, sent: DeploymentRequest, verdict: Verdict, elapsed: float
+) -> Attempt:
+    """Logs and reports a failed attempt, settles its permit; the `Attempt` to record."""
     logger.warning(
         "attempt on %r failed (%s): %s",
         deployment.name,
@@ -223,7 +367,15 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
         )
     )
     _settle(deployment, permit, verdict, pool)
-    return verdict
+    return Attempt(
+        deployment.name,
+        AttemptOutcome.FAILED,
+        elapsed,
+        error=verdict.detail,
+        kind=verdict.kind,
+        status_code=verdict.status_code,
+        adaptations=sent.adaptations,
+    )
 
 
 def _tries(run: _Run[T]) -> int:

@@ -313,6 +313,15 @@ class _Translation:
             if param not in _KNOWN_PARAMS:
                 self.unknown_params.setdefault(param, []).append(where)
         base_url = params.get("api_base") or OPENAI_BASE_URL
+        if isinstance(base_url, str) and base_url.startswith(ENV_PREFIX):
+            # LiteLLM reads any os.environ/ value at load time; a base URL is no secret.
+            variable = base_url.removeprefix(ENV_PREFIX)
+            base_url = os.environ.get(variable, "")
+            if not base_url:
+                self.warn(
+                    f"{where} skipped: its api_base is os.environ/{variable}, which is not set"
+                )
+                return None
         key = self._key(name, where, params.get("api_key"), official=base_url == OPENAI_BASE_URL)
         timeout = params.get("timeout")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):

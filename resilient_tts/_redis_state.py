@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._exceptions import ConfigurationError
-from ._shared_state import SharedRecord, StoreKey
+from ._shared_state import ProbeAnswer, SharedRecord, StoreKey
 
 __all__ = ["RedisStore"]
 
@@ -138,13 +138,18 @@ end
 return record(KEYS[1], KEYS[2], now, num(ARGV[1]))
 """
 
-# KEYS: probes  ARGV: token, limit, ttl_ms
+# KEYS: state, probes  ARGV: token, limit, ttl_ms, known_event
+# 1: granted; 0: every permit taken; -1: closed by a change the asker has not seen yet.
 _ACQUIRE_PROBE = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'event')
+if h[1] == 'closed' and h[2] and h[2] ~= ARGV[4] then
+  return -1
+end
 local now = now_ms()
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
-if redis.call('ZCARD', KEYS[1]) < num(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], int(now + num(ARGV[3])), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], int(num(ARGV[3])))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(now))
+if redis.call('ZCARD', KEYS[2]) < num(ARGV[2]) then
+  redis.call('ZADD', KEYS[2], int(now + num(ARGV[3])), ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], int(num(ARGV[3])))
   return 1
 end
 return 0
@@ -165,7 +170,9 @@ class RedisStore:
     Redis Cluster is not supported: one read covers every deployment in one script.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "resilient_tts", retain: float = RETAIN_SECONDS) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "resilient_tts", retain: float = RETAIN_SECONDS
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._retain_ms = _ms(retain)
@@ -178,7 +185,9 @@ class RedisStore:
         self._acquire = client.register_script(_PRELUDE + _ACQUIRE_PROBE)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "resilient_tts", timeout: float = 0.1) -> RedisStore:
+    def from_url(
+        cls, url: str, *, prefix: str = "resilient_tts", timeout: float = 0.1
+    ) -> RedisStore:
         """A store for ``redis://``, ``rediss://`` or ``unix://`` URL; connects on first use."""
         try:
             client = redis.Redis.from_url(
@@ -213,12 +222,22 @@ class RedisStore:
         rows = cast(list[list[Any]], self._read(keys=names, args=windows))
         return [_record(row) for row in rows]
 
-    def publish_open(self, key: StoreKey, seconds: float, reason: str, event: str, *, trip: bool) -> SharedRecord:
-        args = [_ms(seconds), reason, event, int(trip), _ms(key.streak_window), self._retain_ms, _KEEP_TOLERANCE_MS]
+    def publish_open(
+        self, key: StoreKey, seconds: float, reason: str, event: str, *, trip: bool
+    ) -> SharedRecord:
+        args: list[str | int] = [
+            _ms(seconds),
+            reason,
+            event,
+            int(trip),
+            _ms(key.streak_window),
+            self._retain_ms,
+            _KEEP_TOLERANCE_MS,
+        ]
         return _record(self._open(keys=self.keys(key), args=args))
 
     def publish_closed(self, key: StoreKey, reason: str, event: str) -> SharedRecord:
-        args = [reason, event, _ms(key.streak_window), self._retain_ms]
+        args: list[str | int] = [reason, event, _ms(key.streak_window), self._retain_ms]
         return _record(self._close(keys=self.keys(key), args=args))
 
     def publish_cooldown(self, key: StoreKey, seconds: float) -> SharedRecord:
@@ -226,14 +245,19 @@ class RedisStore:
         return _record(self._cooldown(keys=self.keys(key), args=args))
 
     def record_failure(self, key: StoreKey) -> SharedRecord:
-        return _record(self._failure(keys=self.keys(key), args=[_ms(key.streak_window), self._retain_ms]))
+        return _record(
+            self._failure(keys=self.keys(key), args=[_ms(key.streak_window), self._retain_ms])
+        )
 
     def record_success(self, key: StoreKey) -> SharedRecord:
         return _record(self._success(keys=self.keys(key), args=[_ms(key.streak_window)]))
 
-    def acquire_probe(self, key: StoreKey, token: str, limit: int, ttl: float) -> bool:
-        probes = self.keys(key)[1]
-        return bool(self._acquire(keys=[probes], args=[token, limit, _ms(ttl)]))
+    def acquire_probe(
+        self, key: StoreKey, token: str, limit: int, ttl: float, known_event: str | None
+    ) -> ProbeAnswer:
+        args: list[str | int] = [token, limit, _ms(ttl), known_event or ""]
+        answer = int(cast(int, self._acquire(keys=self.keys(key), args=args)))
+        return "granted" if answer == 1 else "closed" if answer == -1 else "taken"
 
     def release_probe(self, key: StoreKey, token: str) -> None:
         self._client.zrem(self.keys(key)[1], token)

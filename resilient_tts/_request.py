@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -13,6 +15,18 @@ from ._exceptions import InvalidRequestError
 __all__ = ["SpeechRequest", "validate_request"]
 
 MIN_SPEED, MAX_SPEED = 0.25, 4.0  # the OpenAI API's range
+
+# RFC 9110 section 5.1: a field name is a token. Values: visible ASCII, with spaces and tabs
+# inside only (section 5.5; httpx sends str values as ASCII). Anything else would fail on the wire, and be counted
+# against a deployment that did nothing wrong.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?")
+# Each deployment sends its own key; HTTP framing is the transport's business.
+_RESERVED_HEADERS = frozenset({"authorization", "host", "content-length", "transfer-encoding", "connection"})
+# Set through their own parameters, which are validated and adapted per deployment.
+_RESERVED_BODY = frozenset(
+    {"model", "voice", "input", "response_format", "speed", "instructions", "stream_format"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +89,12 @@ def validate_request(
         raise InvalidRequestError(
             f"stream_format={_short(stream_format)} is not supported; use 'audio' or 'sse'"
         )
+    for name, text in (("input", input), ("voice", voice), ("instructions", instructions)):
+        _check_unicode(name, text)
     _check_mapping("extra_headers", extra_headers, values=str)
     _check_mapping("extra_body", extra_body, values=object)
+    _check_headers(cast(Mapping[str, str] | None, extra_headers))
+    _check_body(cast(Mapping[str, object] | None, extra_body))
     return SpeechRequest(
         model=model,
         voice=voice,
@@ -98,6 +116,47 @@ def _check_mapping(name: str, value: object, *, values: type) -> None:
         isinstance(key, str) and isinstance(item, values) for key, item in value.items()
     ):
         raise InvalidRequestError(f"{name} must be a mapping of str to {values.__name__}")
+
+
+def _check_unicode(name: str, text: object) -> None:
+    """Text goes out as UTF-8 JSON: a lone surrogate (from a bad decode) cannot."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"{name} is not valid Unicode text: a lone surrogate at position {exc.start}"
+            ) from None
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> None:
+    for name, value in (headers or {}).items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidRequestError(f"extra_headers: {_short(name)} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise InvalidRequestError(
+                f"extra_headers must not set {name}: each deployment sends its own api_key, "
+                "and the transport sets the framing headers"
+            )
+        if not _HEADER_VALUE.fullmatch(value):
+            # The value is not echoed: it may be a credential.
+            raise InvalidRequestError(
+                f"extra_headers: the value of {name} must be printable ASCII, without line breaks "
+                "or leading and trailing whitespace"
+            )
+
+
+def _check_body(body: Mapping[str, object] | None) -> None:
+    for key in body or {}:
+        if key in _RESERVED_BODY:
+            raise InvalidRequestError(
+                f"extra_body must not set {key!r}: pass it as the {key}= parameter"
+            )
+    if body:
+        try:
+            json.dumps(body, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidRequestError(f"extra_body must be plain JSON data: {exc}") from None
 
 
 def _timeout_seconds(timeout: object) -> float | None:

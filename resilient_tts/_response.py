@@ -11,7 +11,7 @@ import anyio
 
 from ._classify import FailureKind
 
-__all__ = ["Attempt", "AttemptOutcome", "SpeechResponse"]
+__all__ = ["Attempt", "AttemptOutcome", "SpeechResponse", "SpeechSegment"]
 
 
 class AttemptOutcome(enum.StrEnum):
@@ -42,6 +42,19 @@ class Attempt:
         return f"{text} ({self.error})" if self.error else text
 
 
+@dataclass(frozen=True, slots=True)
+class SpeechSegment:
+    """One piece of a long text, as it was spoken: `text[start:end]` of the input, by
+    `deployment`, lasting `duration` seconds of the output (None when the audio was passed
+    through without decoding). A text that fit in one request is one segment."""
+
+    index: int
+    start: int
+    end: int
+    deployment: str
+    duration: float | None
+
+
 def describe_attempts(attempts: tuple[Attempt, ...] | list[Attempt]) -> str:
     return "; ".join(str(attempt) for attempt in attempts) or "no deployment could be tried"
 
@@ -63,6 +76,7 @@ class SpeechResponse:
         response_format: str,
         sample_rate: int,
         duration: float | None = None,
+        segments: tuple[SpeechSegment, ...] = (),
     ) -> None:
         self._content = content
         self.deployment = deployment
@@ -70,6 +84,8 @@ class SpeechResponse:
         self.response_format = response_format
         self.sample_rate = sample_rate
         self.duration = duration
+        # A long text's pieces (SPEC §5), in order; `deployment` is the first one's.
+        self.segments = segments
 
     def __repr__(self) -> str:
         return (

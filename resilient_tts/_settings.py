@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     redis_sync_interval: Seconds = Field(default=0.1, le=60)
     redis_timeout: Seconds = Field(default=0.1, le=10)
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _field_names_are_strings(cls, value: Any) -> Any:
+        # pydantic builds each Pool(**fields): a non-str key would be a bare TypeError.
+        if isinstance(value, Mapping) and not all(
+            not isinstance(pool, Mapping) or all(isinstance(key, str) for key in pool)
+            for pool in value.values()
+        ):
+            raise ValueError('each pool must be a mapping whose field names are strings, like {"deployments": [...]}')
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: SecretStr | None) -> SecretStr | None:

@@ -7,8 +7,10 @@ synchronously. `SharedCircuitBreaker` adds what a fleet needs on top of it:
   probe that closed it again, and each failure while closed, so that a fleet trips after
   ``consecutive_failures`` failures in total rather than that many in every process.
 - What the fleet learned, it applies to itself before admitting a request, from a local copy
-  of the shared state. While the store answers, no request acts on a copy older than
-  ``sync_interval``: one request per interval waits for one round trip, the rest none.
+  of the shared state that is read again in the background once it is ``sync_interval``
+  old (one round trip for every deployment). A request never waits for the store on the
+  healthy path, except after this process changed the shared state (its change must land
+  first) or sat idle for ``STALE_INTERVALS`` intervals (its copy is too old to act on).
 - While half-open, a probe needs a fleet-wide permit as well as the local one, so a
   recovering server sees ``half_open_probes`` probes in all, not that many per process. A
   permit is given back when its attempt settles or is cancelled, and expires if its process
@@ -26,6 +28,7 @@ from now", so processes on different hosts never compare their clocks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
 
 __all__ = [
+    "ProbeAnswer",
     "SharedCircuitBreaker",
     "SharedRecord",
     "SharedState",
@@ -59,6 +63,7 @@ __all__ = [
 logger = logging.getLogger("resilient_tts")
 
 T = TypeVar("T")
+ProbeAnswer = Literal["granted", "taken", "closed"]
 
 # After a failed store call the store is left alone for this long, doubling up to the cap:
 # a dead Redis costs one failed call per pause, not one per request.
@@ -67,6 +72,8 @@ _MAX_PAUSE = 2.0
 # A remote open time is applied only when it ends this much later than the local one: the
 # same record read twice must not re-open the breaker (and log) each time.
 _EXTEND_TOLERANCE = 0.25
+# A request waits for a fresh copy once its copy is this many sync intervals old.
+STALE_INTERVALS = 10
 # A probe permit outlives the attempt timeout by this much before the store forgets it.
 PROBE_TTL_MARGIN = 5.0
 
@@ -138,8 +145,11 @@ class SharedStore(Protocol):
         """A success: the fleet-wide streak starts again."""
         ...
 
-    def acquire_probe(self, key: StoreKey, token: str, limit: int, ttl: float) -> bool:
-        """Take one of ``limit`` fleet-wide probe permits for ``ttl`` seconds, if one is free."""
+    def acquire_probe(
+        self, key: StoreKey, token: str, limit: int, ttl: float, known_event: str | None
+    ) -> ProbeAnswer:
+        """Take one of ``limit`` fleet-wide probe permits for ``ttl`` seconds, if one is free;
+        "closed" if a probe elsewhere closed the breaker after ``known_event``."""
         ...
 
     def release_probe(self, key: StoreKey, token: str) -> None:
@@ -175,7 +185,9 @@ class SharedState:
         self.stats = SharedStats()
         self._breakers: list[SharedCircuitBreaker] = []
         # The worker thread starts on the first call; one worker keeps calls in order.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resilient-tts-shared")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="resilient-tts-shared"
+        )
         self._seq = 0  # sequence number of the last job submitted (event-loop thread only)
         # Results the worker delivered: (job seq, breaker, record), applied on the event loop.
         self._inbox: deque[tuple[int, SharedCircuitBreaker, SharedRecord]] = deque()
@@ -183,6 +195,7 @@ class SharedState:
         self._read_issued = -math.inf
         self._fetched_at = -math.inf  # when the local copy was read (time.monotonic)
         self._latest: Future[Any] | None = None  # the last read or write submitted
+        self._last_write: Future[Any] | None = None
         self._waiters: anyio.CapacityLimiter | None = None
         self._closed = False
         # Health, written by the worker thread only.
@@ -213,7 +226,12 @@ class SharedState:
         """A breaker for one deployment whose state this link shares with the fleet."""
         key = StoreKey(pool, deployment, policy.window_seconds)
         breaker = SharedCircuitBreaker(
-            policy, clock=clock, on_transition=on_transition, shared=self, key=key, probe_ttl=probe_ttl
+            policy,
+            clock=clock,
+            on_transition=on_transition,
+            shared=self,
+            key=key,
+            probe_ttl=probe_ttl,
         )
         self._breakers.append(breaker)
         return breaker
@@ -223,27 +241,32 @@ class SharedState:
     async def sync(self) -> None:
         """Bring the local copy up to date before an admission; bounded by the timeout.
 
-        Waits only when the copy is older than ``sync_interval`` or this process published
-        something that has not reached the store yet, and only while the store is healthy.
+        Once the copy is ``sync_interval`` old it is read again in the background. A request
+        waits, while the store is healthy, only for a change this process published that
+        has not reached the store yet, or for a fresh copy when its copy is older than
+        `STALE_INTERVALS` intervals: a process that was idle must not act on old news.
         """
         self._apply_results()
         now = time.monotonic()
         if self._closed or now < self._paused_until:
             return
-        if self._read is None and now - self._fetched_at >= self._interval:
+        age = now - self._fetched_at
+        if self._read is None and age >= self._interval:
             self._read_issued = now
-            self._read = self._submit(self._read_all, write=True)
-        latest = self._latest
-        if latest is not None and not latest.done() and self._healthy:
-            await self._wait(latest)  # one worker, in order: every earlier call is done too
+            self._read = self._submit(self._read_all, read=True)
+        # One worker runs calls in order: waiting for a call waits for every earlier one.
+        job = self._latest if age >= self._interval * STALE_INTERVALS else self._last_write
+        if job is not None and not job.done() and self._healthy:
+            await self._wait(job)
             self._apply_results()
 
-    async def acquire_probe(self, breaker: SharedCircuitBreaker, token: str) -> bool | None:
-        """A fleet-wide probe permit: True granted, False all taken, None store unavailable."""
+    async def acquire_probe(self, breaker: SharedCircuitBreaker, token: str) -> ProbeAnswer | None:
+        """A fleet-wide probe permit, or None when the store is unavailable (or too slow)."""
         if self._closed or not self._healthy or time.monotonic() < self._paused_until:
             return None
         key, limit, ttl = breaker.key, breaker.policy.half_open_probes, breaker.probe_ttl
-        job = self._submit(lambda _seq: self._store.acquire_probe(key, token, limit, ttl))
+        known = breaker.applied_event
+        job = self._submit(lambda _seq: self._store.acquire_probe(key, token, limit, ttl, known))
         if job is None:
             return None
         await self._wait(job)
@@ -322,15 +345,22 @@ class SharedState:
         return True
 
     def _submit(
-        self, call: Callable[[int], T], *, write: bool = False, always: bool = False
+        self,
+        call: Callable[[int], T],
+        *,
+        read: bool = False,
+        write: bool = False,
+        always: bool = False,
     ) -> Future[T | None] | None:
         """Run ``call(seq)`` on the worker thread, after every call submitted before it."""
         if self._closed:
             return None
         self._seq += 1
         future = self._executor.submit(self._guarded, call, self._seq, always)
-        if write:
+        if read or write:
             self._latest = future
+        if write:
+            self._last_write = future
         return future
 
     def _guarded(self, call: Callable[[int], T], seq: int, always: bool) -> T | None:
@@ -396,10 +426,8 @@ class SharedState:
 
 
 def _wait_for(job: Future[T], seconds: float) -> None:
-    try:
+    with contextlib.suppress(FutureTimeout):  # the caller looks at the job itself
         job.result(timeout=seconds)
-    except (FutureTimeout, Exception):
-        pass  # the caller looks at the job itself
 
 
 class SharedCircuitBreaker(CircuitBreaker):
@@ -425,7 +453,7 @@ class SharedCircuitBreaker(CircuitBreaker):
 
     def __init__(
         self,
-        policy: BreakerPolicy = BreakerPolicy(),
+        policy: BreakerPolicy,
         *,
         clock: Callable[[], float],
         shared: SharedState,
@@ -456,14 +484,22 @@ class SharedCircuitBreaker(CircuitBreaker):
         # after a timeout must not hold the fleet's permit until it expires.
         self._tokens[permit] = token
         try:
-            granted = await self._shared.acquire_probe(self, token)
+            answer = await self._shared.acquire_probe(self, token)
         except BaseException:
             self.release(permit)  # cancelled while asking: not a failure, frees both permits
             raise
-        if granted is False:  # another process is probing: do not pile on
+        if answer in ("taken", "closed"):
             del self._tokens[permit]
             self.release(permit)
+        if answer == "taken":  # another process is probing: do not pile on
             return None
+        if answer == "closed":  # a probe elsewhere succeeded since our last look: no probe
+            self._quiet = True
+            try:
+                self._close(self._clock(), "shared: probe succeeded elsewhere")
+            finally:
+                self._quiet = False
+            return self.acquire(force=force)
         return permit  # granted, or the store is unavailable: the local probe limit applies
 
     # -- settling permits: also give back the fleet-wide probe permit ----------------------
@@ -503,6 +539,11 @@ class SharedCircuitBreaker(CircuitBreaker):
         tokens = list(self._tokens.values())
         self._tokens.clear()
         return tokens
+
+    @property
+    def applied_event(self) -> str | None:
+        """The last change of the shared state this breaker knows about."""
+        return self._applied_event
 
     def published(self, event: str) -> None:
         """This process made change ``event``: reading it back later is no news."""
@@ -587,7 +628,9 @@ class SharedCircuitBreaker(CircuitBreaker):
             seconds = open_until - now
             if trip:
                 # The open time grows with the fleet's consecutive trips, not only this one's.
-                seconds = max(seconds, self.policy.open_time(self._remote.trips + 1, self._random()))
+                seconds = max(
+                    seconds, self.policy.open_time(self._remote.trips + 1, self._random())
+                )
             self._shared.publish_open(self, seconds, reason, trip=trip)
         elif new is BreakerState.CLOSED:
             self._shared.publish_closed(self, reason)
@@ -605,6 +648,10 @@ def shared_state_from_settings(settings: Settings) -> SharedState | None:
             "pip install 'resilient-tts[redis]'"
         ) from exc
     store = RedisStore.from_url(
-        settings.redis_url.get_secret_value(), prefix=settings.redis_prefix, timeout=settings.redis_timeout
+        settings.redis_url.get_secret_value(),
+        prefix=settings.redis_prefix,
+        timeout=settings.redis_timeout,
     )
-    return SharedState(store, sync_interval=settings.redis_sync_interval, timeout=settings.redis_timeout)
+    return SharedState(
+        store, sync_interval=settings.redis_sync_interval, timeout=settings.redis_timeout
+    )

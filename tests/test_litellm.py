@@ -208,6 +208,28 @@ def test_toml_and_env_outputs_are_valid_settings(
     assert env.count("\n") == 1
 
 
+def test_api_base_from_the_environment_is_read_at_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_base: os.environ/VAR` is read at import; if it is not set, the entry is skipped."""
+    monkeypatch.setenv("GPU_A_BASE", "http://10.0.0.5:8880/v1")
+    monkeypatch.delenv("GPU_B_BASE", raising=False)
+    path = write(
+        tmp_path,
+        """
+        model_list:
+          - model_name: kokoro
+            litellm_params: {model: openai/kokoro, api_base: os.environ/GPU_A_BASE}
+          - model_name: kokoro
+            litellm_params: {model: openai/kokoro, api_base: os.environ/GPU_B_BASE}
+        """,
+    )
+    imported = import_litellm_config(path)
+    assert imported.models()["kokoro"]["deployments"][0]["base_url"] == "http://10.0.0.5:8880/v1"
+    assert len(imported.pools["kokoro"]) == 1
+    assert any("os.environ/GPU_B_BASE, which is not set" in w for w in imported.warnings)
+
+
 def test_missing_environment_variable_is_named_not_guessed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

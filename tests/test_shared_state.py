@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ class RedisServer:
         assert REDIS_SERVER is not None
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 10
         try:
@@ -82,7 +84,9 @@ class RedisServer:
                     return
                 except redis.ConnectionError:
                     if time.monotonic() > deadline or self.process.poll() is not None:
-                        raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                        raise RuntimeError(
+                            f"redis-server did not start on port {self.port}"
+                        ) from None
                     time.sleep(0.01)
         finally:
             client.close()
@@ -156,11 +160,17 @@ def shared_client(
     settings.setdefault("deadline", 10.0)
     settings.setdefault("breaker", BreakerPolicy(consecutive_failures=2))
     # These knobs are settings without a constructor argument: set them as the environment would.
-    knobs = {"PREFIX": prefix, "SYNC_INTERVAL": str(redis_sync_interval), "TIMEOUT": str(redis_timeout)}
+    knobs = {
+        "PREFIX": prefix,
+        "SYNC_INTERVAL": str(redis_sync_interval),
+        "TIMEOUT": str(redis_timeout),
+    }
     with pytest.MonkeyPatch.context() as patch:
         for name, value in knobs.items():
             patch.setenv(f"RESILIENT_TTS_REDIS_{name}", value)
-        return SpeechClient(models={"kokoro": deployments(servers)}, redis_url=redis_url, **settings)
+        return SpeechClient(
+            models={"kokoro": deployments(servers)}, redis_url=redis_url, **settings
+        )
 
 
 def probes_key(prefix: str, deployment: str = "primary") -> str:
@@ -176,7 +186,9 @@ def breaker_of(client: SpeechClient, name: str) -> SharedCircuitBreaker:
 
 
 def kinds(speech: Any) -> list[str]:
-    return [f"{a.deployment}:{a.kind.value if a.kind else a.outcome.value}" for a in speech.attempts]
+    return [
+        f"{a.deployment}:{a.kind.value if a.kind else a.outcome.value}" for a in speech.attempts
+    ]
 
 
 # -- child processes -------------------------------------------------------------------------
@@ -207,7 +219,14 @@ async def children(count: int, config: dict[str, Any]) -> AsyncIterator[list[Chi
         for index in range(count):
             # A mixed fleet: asyncio and trio processes share one breaker.
             backend = ("asyncio", "trio")[index % 2]
-            command = [sys.executable, "-m", "tests.test_shared_state", "child", backend, json.dumps(config)]
+            command = [
+                sys.executable,
+                "-m",
+                "tests.test_shared_state",
+                "child",
+                backend,
+                json.dumps(config),
+            ]
             process = await anyio.open_process(command, cwd=ROOT, env=env, stderr=None)
             started.append(Child(process))
         for child in started:
@@ -226,9 +245,13 @@ async def children(count: int, config: dict[str, Any]) -> AsyncIterator[list[Chi
                 await child.process.aclose()
 
 
-def child_config(servers: Sequence[FakeSpeechServer], redis_url: str, prefix: str, **extra: Any) -> dict[str, Any]:
+def child_config(
+    servers: Sequence[FakeSpeechServer], redis_url: str, prefix: str, **extra: Any
+) -> dict[str, Any]:
     return {
-        "deployments": [{"name": s.name, "base_url": s.base_url, "model": s.model} for s in servers],
+        "deployments": [
+            {"name": s.name, "base_url": s.base_url, "model": s.model} for s in servers
+        ],
         "redis_url": redis_url,
         "prefix": prefix,
         "sync_interval": 0.001,  # every request reads: "at once" needs no sleeping in tests
@@ -258,12 +281,17 @@ async def test_a_trip_in_one_process_makes_another_skip_the_deployment_at_once(
     redis_server: RedisServer, prefix: str
 ) -> None:
     """Process A trips the primary's breaker; process B skips the primary on its next request."""
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         config = child_config([primary, backup], redis_server.url, prefix, consecutive_failures=2)
         async with children(2, config) as (a, b):
             assert await b.ask(op="speak") == [["primary:success"]]  # B is warm, its copy fresh
             primary.set_fault(Fault.status(500))
-            assert await a.ask(op="speak") == [["primary:server_error", "primary:server_error", "backup:success"]]
+            assert await a.ask(op="speak") == [
+                ["primary:server_error", "primary:server_error", "backup:success"]
+            ]
             hits = primary.hits
             assert await b.ask(op="speak") == [["primary:skipped", "backup:success"]]
             assert await b.ask(op="state") == "open"
@@ -273,10 +301,15 @@ async def test_a_trip_in_one_process_makes_another_skip_the_deployment_at_once(
 @needs_redis
 @CROSS_PROCESS
 @pytest.mark.parametrize("probes", [1, 2])
-async def test_half_open_probe_permits_are_global(redis_server: RedisServer, prefix: str, probes: int) -> None:
+async def test_half_open_probe_permits_are_global(
+    redis_server: RedisServer, prefix: str, probes: int
+) -> None:
     """While half-open, only `half_open_probes` requests of the whole fleet reach the server."""
     slow = Fault.slow_first_byte(0.5)  # the probes stay in flight while the others arrive
-    async with FakeSpeechServer(name="primary", fault=slow) as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary", fault=slow) as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         config = child_config([primary, backup], redis_server.url, prefix, half_open_probes=probes)
         # Half-open across the fleet: open, with its open time already over.
         store = RedisStore.from_url(redis_server.url, prefix=prefix, timeout=1.0)
@@ -300,7 +333,10 @@ async def test_half_open_probe_permits_are_global(redis_server: RedisServer, pre
 async def test_failures_add_up_across_the_fleet(redis_server: RedisServer, prefix: str) -> None:
     """Failures in different processes count towards one streak: the fleet trips together."""
     broken = Fault.not_audio("html")  # a plain failure, never retried on the same deployment
-    async with FakeSpeechServer(name="primary", fault=broken) as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary", fault=broken) as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         config = child_config([primary, backup], redis_server.url, prefix, consecutive_failures=3)
         async with children(3, config) as fleet:
             for child in fleet:  # one failure each: no process reaches 3 on its own
@@ -314,11 +350,22 @@ async def test_failures_add_up_across_the_fleet(redis_server: RedisServer, prefi
 
 
 @needs_redis
-async def test_probe_success_closes_the_breaker_everywhere(redis_server: RedisServer, prefix: str) -> None:
+async def test_probe_success_closes_the_breaker_everywhere(
+    redis_server: RedisServer, prefix: str
+) -> None:
     """A probe that succeeds in one client closes the shared breaker; the other follows."""
     events: list[Event] = []
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
-        one = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001, hooks=[events.append])
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
+        one = shared_client(
+            [primary, backup],
+            redis_server.url,
+            prefix,
+            redis_sync_interval=0.001,
+            hooks=[events.append],
+        )
         two = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001)
         async with one, two:
             await speak(one)
@@ -330,7 +377,9 @@ async def test_probe_success_closes_the_breaker_everywhere(redis_server: RedisSe
             assert breaker_of(one, "primary").state is BreakerState.HALF_OPEN
             assert kinds(await speak(one)) == ["primary:success"]
             assert breaker_of(one, "primary").state is BreakerState.CLOSED
-    closed = [e for e in events if isinstance(e, BreakerTransitioned) and e.new is BreakerState.CLOSED]
+    closed = [
+        e for e in events if isinstance(e, BreakerTransitioned) and e.new is BreakerState.CLOSED
+    ]
     assert [e.reason for e in closed] == ["shared: probe succeeded elsewhere"]
     assert primary.hits == 3
 
@@ -338,7 +387,10 @@ async def test_probe_success_closes_the_breaker_everywhere(redis_server: RedisSe
 @needs_redis
 async def test_a_retry_after_cool_down_is_shared(redis_server: RedisServer, prefix: str) -> None:
     """429 with Retry-After in one client rests the deployment for every client."""
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         one = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001)
         two = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001)
         async with one, two:
@@ -346,14 +398,20 @@ async def test_a_retry_after_cool_down_is_shared(redis_server: RedisServer, pref
             assert kinds(await speak(one)) == ["primary:rate_limited", "backup:success"]
             assert kinds(await speak(two)) == ["primary:skipped", "backup:success"]
             cooldown = breaker_of(two, "primary").snapshot().cooldown_until
-            assert cooldown is not None and cooldown - anyio.current_time() > 25
+            assert cooldown is not None
+            assert cooldown - anyio.current_time() > 25
             assert breaker_of(two, "primary").state is BreakerState.CLOSED  # rests, not a failure
 
 
 @needs_redis
-async def test_cancelled_probe_gives_its_fleet_permit_back(redis_server: RedisServer, prefix: str) -> None:
+async def test_cancelled_probe_gives_its_fleet_permit_back(
+    redis_server: RedisServer, prefix: str
+) -> None:
     """A caller that cancels a probe frees the fleet-wide permit at once, not when it expires."""
-    async with FakeSpeechServer(name="primary", fault=Fault.hang()) as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary", fault=Fault.hang()) as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         one = shared_client([primary, backup], redis_server.url, prefix, first_byte_timeout=30)
         async with one:
             breaker = breaker_of(one, "primary")
@@ -367,9 +425,14 @@ async def test_cancelled_probe_gives_its_fleet_permit_back(redis_server: RedisSe
 
 
 @needs_redis
-async def test_healthy_requests_do_not_wait_for_redis_each_time(redis_server: RedisServer, prefix: str) -> None:
+async def test_healthy_requests_do_not_wait_for_redis_each_time(
+    redis_server: RedisServer, prefix: str
+) -> None:
     """With a healthy pool, the store is read at most once per sync interval, not per request."""
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         client = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=60)
         async with client:
             for _ in range(50):
@@ -380,19 +443,25 @@ async def test_healthy_requests_do_not_wait_for_redis_each_time(redis_server: Re
 
 
 @needs_redis
-async def test_redis_stopped_mid_run_and_restarted_no_request_fails(own_redis_server: RedisServer, prefix: str) -> None:
+async def test_redis_stopped_mid_run_and_restarted_no_request_fails(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
     """Redis goes away and comes back under load: every request succeeds, sharing resumes."""
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
-        client = shared_client([primary, backup], own_redis_server.url, prefix, redis_sync_interval=0.01)
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
+        client = shared_client(
+            [primary, backup], own_redis_server.url, prefix, redis_sync_interval=0.01
+        )
         failures: list[BaseException] = []
-        served = 0
+        served = Progress()
 
         async def load(stop: anyio.Event) -> None:
-            nonlocal served
             while not stop.is_set():
                 try:
                     await speak(client)
-                    served += 1
+                    served.step()
                 except Exception as exc:
                     failures.append(exc)
 
@@ -403,15 +472,13 @@ async def test_redis_stopped_mid_run_and_restarted_no_request_fails(own_redis_se
             async with anyio.create_task_group() as group:
                 for _ in range(8):
                     group.start_soon(load, stop)
-                await wait_until(lambda: served >= 20)
+                await served.reach(20)
                 await anyio.to_thread.run_sync(own_redis_server.stop)
                 await wait_until(lambda: not shared.healthy)
-                during = served
-                await wait_until(lambda: served >= during + 40)  # requests flow on local state
+                await served.reach(served.count + 40)  # requests flow on local state
                 await anyio.to_thread.run_sync(own_redis_server.start)
                 await wait_until(lambda: shared.healthy)  # reconnected by itself
-                after = served
-                await wait_until(lambda: served >= after + 20)
+                await served.reach(served.count + 20)
                 stop.set()
             # Sharing works again: a trip reaches the fresh, empty Redis.
             breaker_of(client, "primary").force_open(60, reason="after restart")
@@ -422,11 +489,20 @@ async def test_redis_stopped_mid_run_and_restarted_no_request_fails(own_redis_se
 
 
 @needs_redis
-async def test_a_hung_redis_costs_at_most_the_timeout(own_redis_server: RedisServer, prefix: str) -> None:
+async def test_a_hung_redis_costs_at_most_the_timeout(
+    own_redis_server: RedisServer, prefix: str
+) -> None:
     """A Redis that stops answering (SIGSTOP) delays requests by the store timeout at most."""
-    async with FakeSpeechServer(name="primary") as primary, FakeSpeechServer(name="backup") as backup:
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
         client = shared_client(
-            [primary, backup], own_redis_server.url, prefix, redis_sync_interval=0.001, redis_timeout=0.1
+            [primary, backup],
+            own_redis_server.url,
+            prefix,
+            redis_sync_interval=0.001,
+            redis_timeout=0.1,
         )
         async with client:
             await speak(client)
@@ -438,7 +514,8 @@ async def test_a_hung_redis_costs_at_most_the_timeout(own_redis_server: RedisSer
                     speech = await speak(client)
                     slowest = max(slowest, time.monotonic() - started)
                     assert speech.deployment == "primary"
-                assert client._shared is not None and not client._shared.healthy
+                assert client._shared is not None
+                assert not client._shared.healthy
             finally:
                 own_redis_server.resume()
     assert slowest < 1.0  # two timeouts at most (0.2 s) plus the request itself
@@ -472,10 +549,29 @@ async def sync(client: SpeechClient) -> None:
     await client._shared.sync()
 
 
-async def wait_until(condition: Any, seconds: float = 15.0) -> None:
-    """Poll ``condition`` (bounded): for progress made by other tasks and processes."""
+class Progress:
+    """Counts steps made by other tasks; `reach` waits for a count without polling."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = anyio.Event()
+
+    def step(self) -> None:
+        self.count += 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def reach(self, count: int, seconds: float = 15.0) -> None:
+        with anyio.fail_after(seconds):
+            while self.count < count:
+                await self._changed.wait()
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Poll ``condition`` (bounded). Only for state a worker thread changes, which can set no
+    anyio event: the store's health."""
     with anyio.fail_after(seconds):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 (see above)
             await anyio.sleep(0.005)
 
 
@@ -513,6 +609,9 @@ async def _child_main(config: dict[str, Any]) -> None:
                 answer = client._live_pools()["kokoro"].deployments[0].breaker.state.value
             else:
                 answer = [kinds(await speak(client)) for _ in range(command.get("n", 1))]
+                # Answer once what this process learned has reached Redis, as a causal
+                # order for the test: the parent's next command follows from this answer.
+                await sync(client)
             sys.stdout.write(json.dumps(answer) + "\n")
             sys.stdout.flush()
             if op == "quit":

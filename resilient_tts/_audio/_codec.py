@@ -18,6 +18,7 @@ Encoder facts the tests pin (SPEC §6 judges by ffprobe/ffmpeg):
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 import av
@@ -97,23 +98,30 @@ def encode(pcm: PcmAudio, fmt: AudioFormat) -> bytes:
     return buffer.getvalue()
 
 
-def decode(data: bytes, container: Container | None, rate: int) -> PcmAudio:
-    """Decode the first audio stream of `data` to s16 mono at `rate`.
+def decode(data: bytes, container: Container | None, rate: int) -> tuple[PcmAudio, StreamInfo]:
+    """The first audio stream of `data` as s16 mono at `rate`, and its native rate, channels
+    and exact duration.
 
     Raises `AudioError` when FFmpeg cannot read it or it holds no audio at all (an empty,
     non-audio or cut-off body).
     """
-    return _decode(data, container, rate)[0]
+    resampler = MonoResampler(rate)
+    info = _decode(data, container, resampler.feed)
+    try:
+        return resampler.finish(), info
+    except FFMPEG_ERRORS as exc:
+        raise AudioError(f"cannot resample decoded audio to {rate} Hz: {exc}") from exc
 
 
 def decode_info(data: bytes, container: Container | None) -> StreamInfo:
     """Rate, channels and exact duration of `data`, by decoding all of it."""
-    return _decode(data, container, None)[1]
+    return _decode(data, container, None)
 
 
 def _decode(
-    data: bytes, container: Container | None, rate: int | None
-) -> tuple[PcmAudio, StreamInfo]:
+    data: bytes, container: Container | None, sink: Callable[[av.AudioFrame], None] | None
+) -> StreamInfo:
+    """Decode every frame of the first audio stream into `sink`; what the stream holds."""
     demuxer = None if container is None else _DEMUXERS[container]
     what = "audio" if container is None else container.value
     try:
@@ -125,17 +133,15 @@ def _decode(
                 raise AudioError(f"body holds {what} audio that FFmpeg has no decoder for")
             native_rate: int = stream.codec_context.sample_rate
             channels: int = stream.codec_context.channels
-            resampler = MonoResampler(rate or native_rate or 48000)
             frames = 0
             for frame in source.decode(stream):
                 frames += frame.samples
                 native_rate = frame.sample_rate
                 channels = frame.layout.nb_channels
-                if rate is not None:
-                    resampler.feed(frame)
-            pcm = resampler.finish()
+                if sink is not None:
+                    sink(frame)
     except FFMPEG_ERRORS as exc:
         raise AudioError(f"body is not decodable {what}: {exc}") from exc
     if frames == 0:
         raise AudioError(f"body holds no decodable {what} samples (empty or cut short)")
-    return pcm, StreamInfo(native_rate, channels, frames / native_rate)
+    return StreamInfo(native_rate, channels, frames / native_rate)

@@ -19,6 +19,8 @@ __all__ = ["StreamInfo", "header_info"]
 
 
 class StreamInfo(NamedTuple):
+    """Rate, channel count and duration of a stream (for opus: the OpusHead input rate)."""
+
     sample_rate: int
     channels: int
     duration: float

@@ -59,6 +59,7 @@ class MonoResampler:
         self._out = bytearray()
 
     def feed(self, frame: av.AudioFrame) -> None:
+        """Convert one decoded frame; its samples join the output."""
         source = (frame.format.name, frame.layout.name, frame.sample_rate)
         if self._resampler is None or source != self._source:
             self._drain()
@@ -69,6 +70,7 @@ class MonoResampler:
         self._collect(self._resampler.resample(frame))
 
     def finish(self) -> PcmAudio:
+        """Flush swresample's filter delay; everything fed, as one mono clip."""
         self._drain()
         return PcmAudio(samples=bytes(self._out), sample_rate=self._rate)
 

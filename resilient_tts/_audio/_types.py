@@ -59,13 +59,15 @@ class ProbeResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class NormalizedAudio:
-    """Audio in exactly the format and rate the caller asked for.
+    """Audio in exactly the format and rate the caller asked for, and how it got there.
 
     `transcoded` is False when `content` is the server's body itself (nothing needed to
-    change), True when it was decoded, converted or re-wrapped. `source_format` is what the
-    bytes really were, whatever the server's label said. `sample_rate` is the rate written,
+    change), True when it was decoded, converted or re-wrapped. `source_format` and
+    `source_rate` are what the bytes really were, whatever the server's label said (for opus,
+    `source_rate` is the input rate its OpusHead records). `sample_rate` is the rate written,
     which differs from the requested one only where the format forbids it (see
-    `encodable_rate`).
+    `encodable_rate`). `notes` say in words what was not as asked and what was done about it
+    (``"transcoded wav 22050 Hz -> mp3 24000 Hz"``); empty for a clean pass-through.
     """
 
     content: bytes
@@ -73,4 +75,6 @@ class NormalizedAudio:
     sample_rate: int
     duration: float
     source_format: AudioFormat
+    source_rate: int
     transcoded: bool
+    notes: tuple[str, ...] = ()

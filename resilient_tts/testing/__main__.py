@@ -19,9 +19,11 @@ from ._server import FakeSpeechServer, loopback_host
 
 FAULT_SYNTAX = (
     "ok | refuse | hang | reset | slow:SECONDS | stall:BYTES[:SECONDS] | cut:BYTES | "
+    "truncated:BYTES | "
     "status:CODE[:RETRY_AFTER] | model-not-found[:MODEL] | unauthorized | not-found | "
     "insufficient-quota | rate-limited[:RETRY_AFTER] | unsupported-voice | unsupported-format | "
-    "not-audio:json|html|empty | wrong-format:FORMAT | flapping:DOWN[:UP] | fail-times:N:FAULT"
+    "not-audio:json|html|empty|garbage | wrong-format:FORMAT | flapping:DOWN[:UP] | "
+    "fail-times:N:FAULT | after:N:FAULT"
 )
 
 
@@ -61,6 +63,8 @@ def _parse(name: str, args: list[str], rest: str) -> Fault | None:
         return Fault.stall(int(args[0]), opt_float(1))
     if name == "cut":
         return Fault.cut(int(args[0]))
+    if name == "truncated":
+        return Fault.truncated(int(args[0]))
     if name == "status":
         return Fault.status(int(args[0]), retry_after=opt_float(1))
     if name == "model-not-found":
@@ -70,7 +74,7 @@ def _parse(name: str, args: list[str], rest: str) -> Fault | None:
     if name == "not-audio":
         kind = args[0] if args else "json"
         if kind not in NOT_AUDIO_KINDS:
-            raise ValueError(f"not-audio kind must be json, html or empty, got {kind!r}")
+            raise ValueError(f"not-audio kind must be json, html, empty or garbage, got {kind!r}")
         return Fault.not_audio(NOT_AUDIO_KINDS[kind])
     if name == "wrong-format":
         return Fault.wrong_format(args[0])
@@ -79,6 +83,9 @@ def _parse(name: str, args: list[str], rest: str) -> Fault | None:
     if name == "fail-times":
         count, _, inner = rest.partition(":")
         return Fault.fail_times(int(count), parse_fault(inner))
+    if name == "after":
+        count, _, inner = rest.partition(":")
+        return Fault.after(int(count), parse_fault(inner))
     return None
 
 

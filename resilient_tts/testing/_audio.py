@@ -1,7 +1,7 @@
-"""The audio a fake server sends: a sine tone as raw PCM, WAV, or encoded with PyAV.
+"""The audio a fake server sends: a tone or a given clip, as raw PCM, WAV, or encoded by PyAV.
 
 PCM and WAV are written in plain Python. mp3, opus, aac and flac go through PyAV's bundled
-FFmpeg. Every clip is cached per (format, sample count, sample rate), so benchmarks measure the
+FFmpeg. Every clip is cached per (format, samples, sample rate), so benchmarks measure the
 client and the network rather than the encoder.
 """
 
@@ -80,13 +80,21 @@ def wav_bytes(pcm: bytes, sample_rate: int, channels: int = 1) -> bytes:
     return header + pcm
 
 
-def encode(pcm: bytes, sample_rate: int, response_format: str) -> bytes:
-    """Encode s16le mono PCM into `response_format` (one of `FORMATS`)."""
+def encode(pcm: bytes, sample_rate: int, response_format: str, *, mp4: bool = False) -> bytes:
+    """Encode s16le mono PCM into `response_format` (one of `FORMATS`).
+
+    ``mp4=True`` writes aac inside an MP4 (M4A) file instead of raw ADTS frames, as
+    openai-edge-tts does.
+    """
     if response_format == "pcm":
         return pcm
     if response_format == "wav":
         return wav_bytes(pcm, sample_rate)
     container_format, codec = _ENCODERS[response_format]
+    if mp4:
+        if response_format != "aac":
+            raise ValueError(f"only aac comes in MP4, not {response_format!r}")
+        container_format = "mp4"  # BytesIO is seekable, so the muxer can write its index
     rate = sample_rate
     if codec == "libopus" and rate not in _OPUS_RATES:
         rate = 48000
@@ -107,10 +115,18 @@ def encode(pcm: bytes, sample_rate: int, response_format: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=256)
-def speech_audio(response_format: str, samples: int, sample_rate: int) -> bytes:
+def speech_audio(
+    response_format: str, samples: int, sample_rate: int, *, mp4: bool = False
+) -> bytes:
     """The cached clip the server sends: `samples` of tone in `response_format`.
 
     Encoding runs in the event loop on purpose: a worker thread would let trio's MockClock
     jump past client timeouts while the encoder runs, and the cache makes it a one-off cost.
     """
-    return encode(tone_pcm(samples, sample_rate), sample_rate, response_format)
+    return encode(tone_pcm(samples, sample_rate), sample_rate, response_format, mp4=mp4)
+
+
+@functools.lru_cache(maxsize=64)
+def clip_audio(response_format: str, clip: bytes, sample_rate: int, *, mp4: bool = False) -> bytes:
+    """A given s16le mono `clip` (real speech, say) in `response_format`; cached like the tone."""
+    return encode(clip, sample_rate, response_format, mp4=mp4)

@@ -7,7 +7,9 @@ Pure functions returning response bodies as bytes. OpenAI's envelope is
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from collections.abc import Collection, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -82,13 +84,22 @@ def unknown_voice(voice: object, available: Collection[str] | None) -> bytes:
     return kokoro_error(f"Voice '{voice}' not found. Available voices: {names}")
 
 
+# Binary noise: not text, no audio header anywhere a sniffer looks, and an odd number of
+# bytes, so it is not even s16 raw PCM. A stand-in for a half-written file or a proxy that
+# mangled the body. (A fixed pattern, so every run sends the same bytes.)
+GARBAGE = bytes((n * 151 + 7) % 251 for n in range(4097))
+
+
 def not_audio(kind: str) -> tuple[bytes, str]:
-    """(body, Content-Type) of a 200 that carries no audio: a JSON error, a page, or nothing."""
+    """(body, Content-Type) of a 200 that carries no audio: a JSON error, a page, nothing, or
+    garbage labelled as mp3."""
     if kind == "json":
         body = openai_error("CUDA out of memory while generating audio", "server_error")
         return body, "application/json"
     if kind == "html":
         return NGINX_PAGE, "text/html"
+    if kind == "garbage":
+        return GARBAGE, "audio/mpeg"
     return b"", "audio/mpeg"  # labelled as audio, but empty
 
 
@@ -145,3 +156,16 @@ def _invalid(param: str, reason: str) -> bytes:
     return openai_error(
         f"Invalid value for '{param}': {reason}.", "invalid_request_error", "invalid_value", param
     )
+
+
+def speech_events(audio: bytes, pieces: int = 4) -> bytes:
+    """OpenAI's ``stream_format="sse"`` body: `audio` in ``speech.audio.delta`` events (base64,
+    in `pieces` parts), then ``speech.audio.done``."""
+    size = max(1, math.ceil(len(audio) / pieces))
+    events: list[dict[str, object]] = [
+        {"type": "speech.audio.delta", "audio": base64.b64encode(audio[i : i + size]).decode()}
+        for i in range(0, len(audio), size)
+    ]
+    usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    events.append({"type": "speech.audio.done", "usage": usage})
+    return "".join(f"data: {json.dumps(event)}\n\n" for event in events).encode()

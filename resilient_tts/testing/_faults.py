@@ -22,8 +22,13 @@ from typing import Literal
 from ._audio import FORMATS
 from ._bodies import guess_content_type, openai_error, status_error
 
-NotAudioKind = Literal["json", "html", "empty"]
-NOT_AUDIO_KINDS: dict[str, NotAudioKind] = {"json": "json", "html": "html", "empty": "empty"}
+NotAudioKind = Literal["json", "html", "empty", "garbage"]
+NOT_AUDIO_KINDS: dict[str, NotAudioKind] = {
+    "json": "json",
+    "html": "html",
+    "empty": "empty",
+    "garbage": "garbage",
+}
 
 
 class Fault:
@@ -65,6 +70,13 @@ class Fault:
     def cut(after_bytes: int) -> Fault:
         """Send headers with the full length and `after_bytes` of body, then close."""
         return Cut(after_bytes)
+
+    @staticmethod
+    def truncated(after_bytes: int) -> Fault:
+        """A well-framed 200 (right Content-Length, or a chunked body ended properly) that
+        holds only the first `after_bytes` of the audio: an encoder that died mid-clip while
+        the server finished the response anyway. Only the audio itself shows the cut."""
+        return Truncated(after_bytes)
 
     @staticmethod
     def status(
@@ -133,13 +145,23 @@ class Fault:
 
     @staticmethod
     def not_audio(kind: NotAudioKind = "json", *, content_type: str | None = None) -> Fault:
-        """200 whose body is not audio: a JSON error, an HTML page, or nothing."""
+        """200 whose body is not audio: a JSON error, an HTML page, nothing, or garbage.
+
+        ``"garbage"`` is binary noise labelled ``audio/mpeg``: no audio header, and an odd
+        length, so it cannot pass for raw PCM either.
+        """
         return NotAudio(kind, content_type)
 
     @staticmethod
     def fail_times(n: int, fault: Fault, then: Fault | None = None) -> Fault:
         """The first `n` speech requests get `fault`, later ones `then` (default: ok)."""
         return FailTimes(n, fault, Ok() if then is None else then)
+
+    @staticmethod
+    def after(n: int, fault: Fault) -> Fault:
+        """The first `n` speech requests are served normally, later ones get `fault`: a
+        deployment that dies after its third segment is ``Fault.after(3, Fault.refuse())``."""
+        return FailTimes(n, Ok(), fault)
 
     @staticmethod
     def flapping(
@@ -149,9 +171,13 @@ class Fault:
         return Flapping(down_seconds, Refuse() if fault is None else fault, up_seconds)
 
     @staticmethod
-    def wrong_format(actual: str, *, content_type: str | None = None) -> Fault:
-        """200 with audio in format `actual`, whatever was asked (LocalAI: WAV for pcm)."""
-        return WrongFormat(actual, content_type)
+    def wrong_format(actual: str, *, content_type: str | None = None, mp4: bool = False) -> Fault:
+        """200 with audio in format `actual`, whatever was asked (LocalAI: WAV for pcm).
+
+        ``mp4=True`` (with ``actual="aac"``) wraps the aac in an MP4 (M4A) file instead of
+        raw ADTS frames, as openai-edge-tts does.
+        """
+        return WrongFormat(actual, content_type, mp4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +226,16 @@ class Stall(Fault):
 @dataclass(frozen=True, slots=True)
 class Cut(Fault):
     """End the body early by closing the connection."""
+
+    after_bytes: int
+
+    def __post_init__(self) -> None:
+        _check_bytes(self.after_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated(Fault):
+    """A complete response whose audio is cut short."""
 
     after_bytes: int
 
@@ -259,7 +295,9 @@ class NotAudio(Fault):
 
     def __post_init__(self) -> None:
         if self.kind not in NOT_AUDIO_KINDS:
-            raise ValueError(f"kind must be 'json', 'html' or 'empty', got {self.kind!r}")
+            raise ValueError(
+                f"kind must be 'json', 'html', 'empty' or 'garbage', got {self.kind!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,10 +306,13 @@ class WrongFormat(Fault):
 
     actual: str
     content_type: str | None = None
+    mp4: bool = False  # aac in an MP4 file rather than ADTS (openai-edge-tts)
 
     def __post_init__(self) -> None:
         if self.actual not in FORMATS:
             raise ValueError(f"actual must be one of {', '.join(FORMATS)}, got {self.actual!r}")
+        if self.mp4 and self.actual != "aac":
+            raise ValueError(f"only aac comes in MP4 (mp4=True), not {self.actual!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,15 @@ from typing import Any, Literal, Self
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
-from ._audio import CONTENT_TYPES, FORMATS, sample_count, speech_audio
-from ._bodies import not_audio, openai_error, unknown_voice, unsupported_format, validate_speech
+from ._audio import CONTENT_TYPES, FORMATS, clip_audio, sample_count, speech_audio
+from ._bodies import (
+    not_audio,
+    openai_error,
+    speech_events,
+    unknown_voice,
+    unsupported_format,
+    validate_speech,
+)
 from ._faults import (
     Cut,
     Fault,
@@ -40,6 +47,7 @@ from ._faults import (
     SlowFirstByte,
     Stall,
     Status,
+    Truncated,
     UnsupportedFormat,
     UnsupportedVoice,
     WrongFormat,
@@ -96,8 +104,9 @@ class FakeSpeechServer:
     ```
 
     It answers with a 440 Hz tone lasting ``len(input) * seconds_per_char`` seconds (at least
-    0.1 s) in the requested format, also serves ``GET /v1/models`` and ``GET /health``, and
-    stops every task and socket it started when the ``async with`` block ends.
+    0.1 s), or with `clip` if given, in the requested format at `sample_rate`; also serves
+    ``GET /v1/models`` and ``GET /health``, and stops every task and socket it started when
+    the ``async with`` block ends.
     """
 
     def __init__(
@@ -114,13 +123,16 @@ class FakeSpeechServer:
         voices: Collection[str] | None = None,
         chunked: bool = False,
         max_input_chars: int | None = None,
+        clip: bytes | None = None,
     ) -> None:
         """Configure the server; nothing listens until ``async with``.
 
         `fault` defaults to `Fault.ok()`. `formats` limits the response formats served (others
         get a 400), `voices` if given limits the voices (others get Kokoro-FastAPI's 400), and
         `chunked` sends audio with ``Transfer-Encoding: chunked`` in several chunks, as
-        streaming servers do. Only loopback hosts are accepted.
+        streaming servers do. `clip`, s16le mono PCM at `sample_rate` (real speech from
+        espeak-ng, say), is what every request gets instead of the tone, whatever its input.
+        Only loopback hosts are accepted.
         """
         self._host = loopback_host(host)
         if not 0 <= port <= 65535:
@@ -129,6 +141,8 @@ class FakeSpeechServer:
             raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
         if not (seconds_per_char >= 0 and math.isfinite(seconds_per_char)):
             raise ValueError(f"seconds_per_char must be >= 0, got {seconds_per_char}")
+        if clip is not None and (not clip or len(clip) % 2):
+            raise ValueError("clip must be s16le PCM: a non-empty, even number of bytes")
         unknown = set(formats) - set(FORMATS)
         if unknown or not formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
@@ -140,6 +154,7 @@ class FakeSpeechServer:
         self.voices = None if voices is None else frozenset(voices)
         self.chunked = chunked
         self.max_input_chars = max_input_chars
+        self.clip = clip
 
         self._fault: Fault = Ok() if fault is None else fault
         self._clock = FaultClock(started_at=0.0)
@@ -179,6 +194,11 @@ class FakeSpeechServer:
         return self._fault
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open now: 0 once a client that left mid-body has really gone."""
+        return len(self._connections)
+
+    @property
     def hits(self) -> int:
         """Number of ``POST /v1/audio/speech`` requests received, failed ones included."""
         return self._hits
@@ -187,6 +207,23 @@ class FakeSpeechServer:
     def requests(self) -> list[RecordedRequest]:
         """The speech requests received, oldest first (the last `MAX_RECORDED`)."""
         return list(self._requests)
+
+    def audio(self, response_format: str, input: str) -> bytes:
+        """The body this server sends for `input` in `response_format` when nothing goes wrong.
+
+        For tests that check what a client did with it: that a pass-through returned exactly
+        these bytes, say.
+        """
+        if response_format not in FORMATS:
+            raise ValueError(f"response_format must be one of {', '.join(FORMATS)}")
+        return self._audio(response_format, input, mp4=False)
+
+    def _audio(self, response_format: str, text: str, *, mp4: bool) -> bytes:
+        if self.clip is not None:
+            return clip_audio(response_format, self.clip, self.sample_rate, mp4=mp4)
+        seconds = max(0.1, len(text) * self.seconds_per_char)
+        samples = sample_count(seconds, self.sample_rate)
+        return speech_audio(response_format, samples, self.sample_rate, mp4=mp4)
 
     def reset_counters(self) -> None:
         """Forget `hits` and `requests` (not the progress of a `Fault.fail_times`)."""
@@ -461,8 +498,13 @@ class FakeSpeechServer:
         content_type = CONTENT_TYPES[actual]
         if isinstance(fault, WrongFormat) and fault.content_type is not None:
             content_type = fault.content_type
-        seconds = max(0.1, len(params["input"]) * self.seconds_per_char)
-        audio = speech_audio(actual, sample_count(seconds, self.sample_rate), self.sample_rate)
+        mp4 = isinstance(fault, WrongFormat) and fault.mp4
+        audio = self._audio(actual, params["input"], mp4=mp4)
+        if isinstance(fault, Truncated):
+            audio = audio[: fault.after_bytes]
+        if params.get("stream_format") == "sse":
+            # As OpenAI answers it: the audio, base64, in server-sent events.
+            audio, content_type = speech_events(audio), "text/event-stream"
         return await self._send_audio(stream, audio, content_type, fault, keep_alive)
 
     def _current_fault(self, *, consume: bool) -> Fault:

@@ -15,6 +15,7 @@ from resilient_tts._audio import (
     decode_to_pcm,
     encode_pcm,
     normalize,
+    plan,
     probe,
     sniff,
     wav_header,
@@ -133,6 +134,96 @@ def test_mislabelled_bodies_come_out_right(
     assert decode_to_pcm(
         result.content, declared=target, declared_rate=24000, target_rate=24000
     ).duration == pytest.approx(CLIP_SECONDS, abs=TOLERANCE + (0.09 if target is AAC else 0))
+
+
+@pytest.mark.parametrize(
+    ("body", "declared", "target", "notes"),
+    [
+        (ours(MP3), MP3, MP3, ()),
+        (write_wav(tone(22050, 0.1)), WAV, MP3, ("transcoded wav 22050 Hz -> mp3 24000 Hz",)),
+        (
+            write_wav(interleave(tone(24000, 0.1), tone(24000, 0.1))),
+            WAV,
+            WAV,
+            ("transcoded wav 24000 Hz stereo -> wav 24000 Hz",),
+        ),
+        (
+            write_wav(tone(24000, 0.1)),
+            PCM,
+            PCM,
+            (
+                "the deployment sent wav, not the pcm it was asked for",
+                "transcoded wav 24000 Hz -> pcm 24000 Hz",
+            ),
+        ),
+        (tone(22050, 0.1).samples, PCM, OPUS, ("transcoded pcm 22050 Hz -> opus 24000 Hz",)),
+    ],
+    ids=["pass-through", "resampled", "downmixed", "localai-mislabelled", "piper-raw-pcm"],
+)
+def test_notes_say_what_was_done(
+    body: bytes, declared: AudioFormat, target: AudioFormat, notes: tuple[str, ...]
+) -> None:
+    """`notes` tell a mislabelled body and a transcode in words; a pass-through has none."""
+    # Only the headerless body is read at the declared rate: piper's 22.05 kHz.
+    result = normalize(
+        body, declared=declared, declared_rate=22050, target=target, target_rate=24000
+    )
+    assert result.notes == notes
+
+
+@needs_ffmpeg
+def test_notes_name_aac_in_mp4() -> None:
+    """openai-edge-tts's MP4 is named as such, with the rate the decoder found."""
+    result = normalize(
+        by_ffmpeg("mp4"), declared=AAC, declared_rate=24000, target=AAC, target_rate=24000
+    )
+    assert result.notes == (
+        "the deployment sent aac in mp4, not the aac it was asked for",
+        "transcoded aac in mp4 24000 Hz -> aac 24000 Hz",
+    )
+    assert result.source_rate == 24000
+
+
+@pytest.mark.parametrize(
+    ("body", "declared", "target", "brief"),
+    [
+        (ours(MP3), MP3, MP3, True),  # pass-through, whatever its length
+        (ours(MP3), MP3, FLAC, False),  # a second of audio to transcode
+        (tone(24000, 0.4).samples, PCM, MP3, True),  # a short transcode
+        (ours(AAC), AAC, AAC, True),
+    ],
+    ids=["pass-through", "long-transcode", "short-transcode", "adts-pass-through"],
+)
+def test_plan_tells_from_headers_whether_the_work_is_brief(
+    body: bytes, declared: AudioFormat, target: AudioFormat, brief: bool
+) -> None:
+    """plan() reads only headers: whether the body passes through and whether a transcode is
+    short enough to run on the event loop; run() gives what normalize() gives."""
+    conversion = plan(
+        body, declared=declared, declared_rate=24000, target=target, target_rate=24000
+    )
+    assert conversion.is_brief is brief
+    assert conversion.passes_through is (declared is target)
+    assert conversion.run() == normalize(
+        body, declared=declared, declared_rate=24000, target=target, target_rate=24000
+    )
+
+
+@needs_ffmpeg
+def test_plan_of_mp4_is_not_brief() -> None:
+    """An MP4's length is not in headers we read: it is transcoded off the event loop."""
+    conversion = plan(
+        by_ffmpeg("mp4"), declared=AAC, declared_rate=24000, target=AAC, target_rate=24000
+    )
+    assert not conversion.passes_through
+    assert not conversion.is_brief
+
+
+def test_plan_rejects_non_audio_from_the_headers() -> None:
+    """Empty, text and cut-off bodies fail at plan(), before any decoding."""
+    for body in (b"", b'{"detail": "no"}', ours(MP3)[:1000]):
+        with pytest.raises(AudioError):
+            plan(body, declared=MP3, declared_rate=24000, target=MP3, target_rate=24000)
 
 
 def test_localai_wav_for_pcm_is_just_its_samples() -> None:
@@ -303,6 +394,15 @@ def test_probe_refuses_headerless_bytes_unless_told_pcm() -> None:
 
 
 @needs_ffmpeg
+def test_probe_of_ogg_vorbis_needs_a_name() -> None:
+    """Ogg Vorbis is none of the six formats: probe names it only when told what to call it."""
+    body = ffmpeg_encode(tone(24000, 0.5), "-c:a", "libvorbis", "-f", "ogg", "-")
+    with pytest.raises(AudioError, match="none of the six formats"):
+        probe(body)
+    assert probe(body, declared=OPUS)[:3] == (OPUS, 24000, 1)
+
+
+@needs_ffmpeg
 def test_ogg_vorbis_is_still_decoded() -> None:
     """An Ogg that holds Vorbis is none of the six formats but is audio: it is converted."""
     body = ffmpeg_encode(tone(24000, 0.5), "-c:a", "libvorbis", "-f", "ogg", "-")
@@ -311,13 +411,31 @@ def test_ogg_vorbis_is_still_decoded() -> None:
     assert result.duration == pytest.approx(0.5, abs=TOLERANCE)
 
 
-def test_opus_recorded_at_another_rate_is_re_encoded() -> None:
-    """An Ogg Opus whose OpusHead says 48 kHz is re-encoded for a 24 kHz target."""
+@pytest.mark.parametrize("target_rate", [24000, 16000, 8000])
+def test_mono_opus_passes_through_whatever_rate_its_head_records(target_rate: int) -> None:
+    """Opus decodes at 48 kHz whatever OpusHead says (RFC 7845 §5.1): no lossy re-encode."""
     body = encode_pcm(tone(48000, 0.3), OPUS)
     assert probe(body).sample_rate == 48000
+    result = normalize(
+        body, declared=OPUS, declared_rate=48000, target=OPUS, target_rate=target_rate
+    )
+    assert result.content is body
+    assert not result.transcoded
+    assert not result.notes
+    # The rate the caller configured, which any Opus decoder outputs natively.
+    assert (result.sample_rate, result.source_rate) == (target_rate, 48000)
+    assert result.duration == pytest.approx(0.3, abs=0.001)
+
+
+@needs_ffmpeg
+def test_stereo_opus_is_re_encoded_as_mono() -> None:
+    """Mono is the one thing an Opus stream must have to pass through."""
+    stereo = interleave(tone(24000, 0.3), tone(24000, 0.3, freq=660))
+    body = ffmpeg_encode(stereo, "-c:a", "libopus", "-f", "ogg", "-")
     result = normalize(body, declared=OPUS, declared_rate=24000, target=OPUS, target_rate=24000)
     assert result.transcoded
-    assert probe(result.content).sample_rate == 24000
+    assert probe(result.content)[:3] == (OPUS, 24000, 1)
+    assert result.notes == ("transcoded opus 24000 Hz stereo -> opus 24000 Hz",)
 
 
 def _wav_with(tag: int, channels: int, rate: int, bits: int, data: bytes) -> bytes:
