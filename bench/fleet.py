@@ -41,6 +41,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from resilient_tts import BreakerPolicy, SpeechClient
 from resilient_tts._events import BreakerTransitioned, Event
+from resilient_tts._shared_state import SharedStats
 from resilient_tts.testing import FakeSpeechServer, Fault
 
 # How the primary dies: every one of these reaches the server, so the server counts it.
@@ -52,6 +53,7 @@ DEATHS = {
 }
 
 PROBE_SETTLED = ("probe succeeded", "probe failed")
+GROWTH = 4  # the open time grows up to this many times RESILIENT_TTS_BREAKER_OPEN_SECONDS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -66,11 +68,14 @@ class FleetRun:
     wasted: int = 0  # attempts that reached the primary while it was dead
     recovery_probes: int = 0  # probes the primary got after it recovered
     store_calls: int = 0
+    store_waits: int = 0  # requests that waited for Redis
+    seconds: float = 0.0
 
     def line(self) -> str:
         mode = "shared through Redis" if self.shared else "per process         "
         calls = (
-            f", {self.store_calls / max(1, self.requests):.2f} Redis calls/request"
+            f"; Redis: {self.store_calls / self.processes / self.seconds:.1f} calls/s per "
+            f"process, {self.store_waits} of {self.requests} requests waited for it"
             if self.shared
             else ""
         )
@@ -100,7 +105,8 @@ async def run_fleet(
             "open_seconds": open_seconds,
         }
         async with workers(processes, config) as fleet:
-            await tell(fleet, "go")
+            await tell(fleet, "go")  # answered once each worker was served once
+            started = time.monotonic()
             await anyio.sleep(1.0)  # healthy traffic first
             before = primary.hits
             primary.set_fault(death_fault)
@@ -108,13 +114,15 @@ async def run_fleet(
             primary.set_fault(Fault.ok())
             recovered_at = time.time()
             run.wasted = primary.hits - before
-            # Every process's breaker reopens within open_seconds (capped): then it is closed.
-            await anyio.sleep(open_seconds * 2.5 + 1.0)
+            # Every breaker reopens within its longest open time (plus jitter), then probes.
+            await anyio.sleep(open_seconds * GROWTH * 1.25 + 1.0)
             results = await tell(fleet, "stop")
+            run.seconds = time.monotonic() - started
     for result in results:
         run.requests += result["requests"]
         run.failed += result["failed"]
         run.store_calls += result["store_calls"]
+        run.store_waits += result["store_waits"]
         run.recovery_probes += sum(1 for at in result["probe_times"] if at >= recovered_at)
     return run
 
@@ -190,7 +198,7 @@ async def worker_main(config: dict[str, Any]) -> None:
         transport="httpx",
         breaker_open_seconds=config["open_seconds"],
         breaker=BreakerPolicy(
-            open_seconds=config["open_seconds"], max_open_seconds=config["open_seconds"] * 2
+            open_seconds=config["open_seconds"], max_open_seconds=config["open_seconds"] * GROWTH
         ),
         hooks=[on_event],
         first_byte_timeout=2.0,
@@ -198,6 +206,7 @@ async def worker_main(config: dict[str, Any]) -> None:
     )
     counts = {"requests": 0, "failed": 0}
     stop = anyio.Event()
+    served = anyio.Event()
 
     async def load() -> None:
         while not stop.is_set():
@@ -208,6 +217,7 @@ async def worker_main(config: dict[str, Any]) -> None:
             except Exception:
                 counts["failed"] += 1
             counts["requests"] += 1
+            served.set()
             await anyio.sleep(0.05)
 
     async def answer(value: Any) -> None:
@@ -221,12 +231,20 @@ async def worker_main(config: dict[str, Any]) -> None:
                 await answer("ready")
             elif line == "go":
                 group.start_soon(load)
+                await served.wait()
                 await answer("going")
             else:  # "stop", or the parent went away
                 stop.set()
                 break
-        stats = client._shared.stats.calls if client._shared is not None else 0
-    await answer({**counts, "probe_times": probe_times, "store_calls": stats})
+        stats = client._shared.stats if client._shared is not None else SharedStats()
+    await answer(
+        {
+            **counts,
+            "probe_times": probe_times,
+            "store_calls": stats.calls,
+            "store_waits": stats.waits,
+        }
+    )
 
 
 # -- redis-server ----------------------------------------------------------------------------
@@ -279,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--processes", type=int, default=20)
-    parser.add_argument("--dead", type=float, default=20.0, help="seconds the primary stays dead")
+    parser.add_argument("--dead", type=float, default=30.0, help="seconds the primary stays dead")
     parser.add_argument(
         "--death", choices=sorted(DEATHS), default="503", help="how the primary dies"
     )
@@ -303,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fleet of {options.processes} processes; primary dead ({options.death}) "
         f"for {options.dead:g} s, breaker open {options.open_seconds:g} s "
-        f"growing to {options.open_seconds * 2:g} s"
+        f"growing to {options.open_seconds * GROWTH:g} s"
     )
     print(alone.line())
     print(shared.line())

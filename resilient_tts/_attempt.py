@@ -12,7 +12,7 @@ stream that ends without ``speech.audio.done`` was cut short.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -23,7 +23,15 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, omit
 
-from ._classify import FailureKind, Verdict, classify_exception, classify_status, error_message, redact, verdict_for
+from ._classify import (
+    FailureKind,
+    Verdict,
+    classify_exception,
+    classify_status,
+    error_message,
+    redact,
+    verdict_for,
+)
 from ._config import Deployment, ResponseFormat, Timeouts
 from ._request import SpeechRequest
 from ._sse import AudioDelta, AudioDone, SpeechStreamError, SseParser, speech_event
@@ -51,7 +59,9 @@ _TEXT_TYPES = ("application/json", "text/", "application/problem+json", "applica
 first_byte_at: ContextVar[float | None] = ContextVar("resilient_tts_first_byte_at", default=None)
 # Called when this task's attempt receives its first audio byte: a hedged race learns from it
 # which deployment answered first (`_hedge.race` sets it in each contestant's task).
-on_first_byte: ContextVar[Callable[[], None] | None] = ContextVar("resilient_tts_on_first_byte", default=None)
+on_first_byte: ContextVar[Callable[[], None] | None] = ContextVar(
+    "resilient_tts_on_first_byte", default=None
+)
 _EVENT_STREAM = "text/event-stream"
 # Chunks already buffered come out of a cancelled read without a checkpoint; beyond this many
 # the rest of the body is left to aclose().
@@ -85,7 +95,9 @@ def adapt_request(deployment: Deployment, request: SpeechRequest) -> DeploymentR
         adaptations.append(f"voice {request.voice!r} -> {voice!r}")
     asked = request.response_format
     if asked not in deployment.formats:
-        asked = next((f for f in _LOSSLESS_PREFERENCE if f in deployment.formats), deployment.formats[0])
+        asked = next(
+            (f for f in _LOSSLESS_PREFERENCE if f in deployment.formats), deployment.formats[0]
+        )
         adaptations.append(f"asked for {asked}, to be converted to {request.response_format}")
     speed, instructions = request.speed, request.instructions
     if speed is not None and not deployment.accepts_speed:
@@ -127,7 +139,12 @@ class AudioStream:
                 except _TRANSPORT_ERRORS as exc:
                     raise AttemptError(classify_exception(exc, headers_received=True)) from exc
             if stall.cancelled_caught:
-                raise AttemptError(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
+                raise AttemptError(
+                    verdict_for(
+                        FailureKind.STALL,
+                        f"no data for {self._stall_timeout:g}s after {self.received} bytes",
+                    )
+                )
             self.received += len(chunk)
             yield chunk
         self._check_length()
@@ -148,14 +165,22 @@ class AudioStream:
                 self.received += len(chunk)
                 parts.append(chunk)
         if stall.cancelled_caught:
-            raise AttemptError(verdict_for(FailureKind.STALL, f"no data for {self._stall_timeout:g}s after {self.received} bytes"))
+            raise AttemptError(
+                verdict_for(
+                    FailureKind.STALL,
+                    f"no data for {self._stall_timeout:g}s after {self.received} bytes",
+                )
+            )
         self._check_length()
         return b"".join(parts)
 
     def _check_length(self) -> None:
         if self._content_length is not None and self.received < self._content_length:
             raise AttemptError(
-                verdict_for(FailureKind.SHORT_BODY, f"body ended after {self.received} of {self._content_length} bytes")
+                verdict_for(
+                    FailureKind.SHORT_BODY,
+                    f"body ended after {self.received} of {self._content_length} bytes",
+                )
             )
 
 
@@ -167,7 +192,8 @@ async def open_audio_stream(
     sent: DeploymentRequest,
     timeouts: Timeouts,
 ) -> AsyncIterator[AudioStream]:
-    """Sends the request and yields once the first body byte is in; bounded by the first-byte timeout.
+    """Sends the request and yields once the first body byte is in, within the first-byte
+    timeout.
 
     The caller bounds the whole attempt (attempt timeout and deadline) with its own scope.
     """
@@ -198,7 +224,9 @@ async def open_audio_stream(
         except openai.APIStatusError as exc:
             raise AttemptError(_status_verdict(exc, secrets)) from exc
         except _TRANSPORT_ERRORS as exc:
-            raise AttemptError(_redacted(classify_exception(exc, headers_received=False), secrets)) from exc
+            raise AttemptError(
+                _redacted(classify_exception(exc, headers_received=False), secrets)
+            ) from exc
         headers_received = True
         try:
             content_type = response.headers.get("content-type", "").lower()
@@ -221,13 +249,20 @@ async def open_audio_stream(
     if first_byte.cancelled_caught:
         if headers_received:
             await _close_quietly(response_cm, body, raw)
-        raise AttemptError(verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s"))
+        raise AttemptError(
+            verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s")
+        )
     try:
         textual = content_type.startswith(_TEXT_TYPES) and not sse
         if not first_chunk or textual or first_chunk[:1] in (b"{", b"<", b"["):
             rest = first_chunk + b"".join([chunk async for chunk in _limited(body, 4096)])
             message = redact(error_message(rest), secrets) or "empty body"
-            raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not audio ({content_type or 'no content type'}): {message}"))
+            raise AttemptError(
+                verdict_for(
+                    FailureKind.NOT_AUDIO,
+                    f"HTTP 200 but not audio ({content_type or 'no content type'}): {message}",
+                )
+            )
         length = response.headers.get("content-length")
         encoded = response.headers.get("content-encoding", "identity") != "identity"
         yield AudioStream(
@@ -235,7 +270,9 @@ async def open_audio_stream(
             body,
             content_type=content_type,
             # An event stream's length counts events, not the audio they carry.
-            content_length=int(length) if length and length.isdigit() and not (encoded or sse) else None,
+            content_length=int(length)
+            if length and length.isdigit() and not (encoded or sse)
+            else None,
             stall_timeout=timeouts.stall,
         )
     except BaseException:
@@ -262,9 +299,12 @@ async def _sse_audio(events: AsyncIterator[bytes], secrets: list[str]) -> AsyncI
                     return
                 case SpeechStreamError(message=message):
                     # speaches fails a bad voice or speed after its 200 was sent (SPEC §6).
-                    detail = f"HTTP 200 but the event stream reported an error: {redact(message, secrets)}"
+                    reported = redact(message, secrets)
+                    detail = f"HTTP 200 but the event stream reported an error: {reported}"
                     raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, detail))
-    raise AttemptError(verdict_for(FailureKind.SHORT_BODY, "event stream ended without speech.audio.done"))
+    raise AttemptError(
+        verdict_for(FailureKind.SHORT_BODY, "event stream ended without speech.audio.done")
+    )
 
 
 async def _limited(body: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

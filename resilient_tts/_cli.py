@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(USAGE, exc)
     except ResilientTTSError as exc:
         return _fail(FAILED, exc)
+    except OSError as exc:  # the audio could not be written, a pipe closed, ...
+        return _fail(FAILED, exc)
     except KeyboardInterrupt:
         return 130
     return status
@@ -148,15 +150,10 @@ _PROBE_HELP = (
 
 def _configure_logging(verbose: int, *, quiet: bool) -> None:
     # The demo shows every attempt in its table; log lines would repeat them.
-    level = (
-        logging.DEBUG
-        if verbose > 1
-        else logging.INFO
-        if verbose
-        else logging.CRITICAL
-        if quiet
-        else logging.ERROR
-    )
+    if verbose:
+        level = logging.DEBUG if verbose > 1 else logging.INFO
+    else:
+        level = logging.CRITICAL if quiet else logging.ERROR
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
     logger = logging.getLogger("resilient_tts")

@@ -34,6 +34,7 @@ __all__ = ["SpeechClient"]
 
 PoolLike = Pool | Sequence[Deployment | Mapping[str, Any]] | Mapping[str, Any]
 
+
 class SpeechClient:
     """A drop-in for `openai.AsyncOpenAI().audio.speech` that fails over across deployments.
 
@@ -95,7 +96,9 @@ class SpeechClient:
         self.audio = _Audio(self)
 
     def __repr__(self) -> str:
-        models = {name: [d.name for d in pool.deployments] for name, pool in self.settings.models.items()}
+        models = {
+            name: [d.name for d in pool.deployments] for name, pool in self.settings.models.items()
+        }
         return f"<SpeechClient models={models}>"
 
     async def __aenter__(self) -> SpeechClient:
@@ -103,7 +106,10 @@ class SpeechClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.aclose()
 
@@ -127,7 +133,9 @@ class SpeechClient:
             raise ClientClosedError("this SpeechClient was closed; build a new one")
         if self._pools is None:
             s = self.settings
-            defaults = Timeouts(s.deadline, s.attempt_timeout, s.first_byte_timeout, s.stall_timeout)
+            defaults = Timeouts(
+                s.deadline, s.attempt_timeout, s.first_byte_timeout, s.stall_timeout
+            )
             self._pools = {
                 name: build_live_pool(
                     name,
@@ -154,7 +162,9 @@ class SpeechClient:
         pool = self._live_pools()[request.model]
         if is_long(request.input, pool):
             # Some deployment cannot take it in one request: segment by segment (SPEC §5).
-            with RequestScope(self._hooks, pool=request.model, input_chars=len(request.input)) as scope:
+            with RequestScope(
+                self._hooks, pool=request.model, input_chars=len(request.input)
+            ) as scope:
                 response = await synthesize_long(self._speech_job(request, pool))
                 scope.served(response.deployment, response.attempts)
             return response
@@ -162,7 +172,9 @@ class SpeechClient:
 
         async def fetch(deployment: LiveDeployment, sent: DeploymentRequest) -> NormalizedAudio:
             client = self._openai_for(deployment)
-            async with open_audio_stream(client, deployment.config, request, sent, deployment.timeouts) as stream:
+            async with open_audio_stream(
+                client, deployment.config, request, sent, deployment.timeouts
+            ) as stream:
                 body = await stream.read_all()
             return await _normalize(body, sent, deployment, request, target_rate)
 
@@ -182,12 +194,16 @@ class SpeechClient:
             response_format=request.response_format,
             sample_rate=audio.sample_rate,
             duration=audio.duration,
-            segments=(SpeechSegment(0, 0, len(request.input), served.deployment.name, audio.duration),),
+            segments=(
+                SpeechSegment(0, 0, len(request.input), served.deployment.name, audio.duration),
+            ),
         )
 
     def _stream(self, request: SpeechRequest) -> SpeechStreamContext:
         pool = self._live_pools()[request.model]
-        return SpeechStreamContext(StreamedSpeechResponse(self._speech_job(request, pool), hooks=self._hooks))
+        return SpeechStreamContext(
+            StreamedSpeechResponse(self._speech_job(request, pool), hooks=self._hooks)
+        )
 
     def _speech_job(self, request: SpeechRequest, pool: LivePool) -> SpeechJob:
         rate = encodable_rate(AudioFormat(request.response_format), self.settings.sample_rate)
@@ -219,7 +235,13 @@ class SpeechClient:
             deployment.breaker.force_open(seconds, reason="by the operator")
             open_for = deployment.breaker.ready_in()
             extra = log_extra(deployment.pool, name, breaker_state=deployment.breaker.state.value)
-            logger.warning("deployment %r of pool %r forced open by the operator for %.3gs", name, deployment.pool, open_for, extra=extra)
+            logger.warning(
+                "deployment %r of pool %r forced open by the operator for %.3gs",
+                name,
+                deployment.pool,
+                open_for,
+                extra=extra,
+            )
 
     async def reset(self, name: str) -> None:
         """Closes the breaker of deployment `name` in every pool that has it, and forgets its
@@ -227,7 +249,9 @@ class SpeechClient:
         for deployment in self._deployments_named(name):
             deployment.breaker.reset()
             extra = log_extra(deployment.pool, name, breaker_state=deployment.breaker.state.value)
-            logger.info("deployment %r of pool %r reset by the operator", name, deployment.pool, extra=extra)
+            logger.info(
+                "deployment %r of pool %r reset by the operator", name, deployment.pool, extra=extra
+            )
 
     @classmethod
     def from_litellm_config(cls, path: str | PathLike[str], **kwargs: Any) -> SpeechClient:
@@ -246,7 +270,7 @@ class SpeechClient:
 
         imported = import_litellm_config(path)
         for warning in imported.warnings:
-            logger.warning("LiteLLM config %s: %s", path, warning)
+            logger.warning("LiteLLM config %s: %s", path, warning, extra=log_extra(None, None))
         return cls(**{**imported.client_arguments(), **kwargs})
 
     def _deployments_named(self, name: str) -> list[LiveDeployment]:
@@ -259,7 +283,11 @@ class SpeechClient:
 
 
 async def _normalize(
-    body: bytes, sent: DeploymentRequest, deployment: LiveDeployment, request: SpeechRequest, target_rate: int
+    body: bytes,
+    sent: DeploymentRequest,
+    deployment: LiveDeployment,
+    request: SpeechRequest,
+    target_rate: int,
 ) -> NormalizedAudio:
     try:
         # A sniff and a header walk: cheap, and enough to reject most bodies that are not audio.
@@ -276,12 +304,18 @@ async def _normalize(
             return conversion.run()
         return await anyio.to_thread.run_sync(conversion.run)
     except AudioError as exc:
-        raise AttemptError(verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")) from exc
+        raise AttemptError(
+            verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")
+        ) from exc
 
 
 def _as_pool(value: PoolLike) -> Any:
     """Accepts a Pool, a list of deployments, or a mapping; pydantic validates the rest."""
-    if isinstance(value, Pool | Mapping) or not isinstance(value, Sequence) or isinstance(value, str):
+    if (
+        isinstance(value, Pool | Mapping)
+        or not isinstance(value, Sequence)
+        or isinstance(value, str)
+    ):
         return value  # a str is a Sequence too, but never a list of deployments
     return {"deployments": list(value)}
 
@@ -304,14 +338,14 @@ class _Speech:
         input: str,
         model: str,
         voice: str,
-        instructions: str | None | Any = None,
+        instructions: str | Any | None = None,
         response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
-        speed: float | None | Any = None,
-        stream_format: Literal["sse", "audio"] | None | Any = None,
+        speed: float | Any | None = None,
+        stream_format: Literal["sse", "audio"] | Any | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, object] | None = None,
         extra_body: Mapping[str, object] | None = None,
-        timeout: float | Any | None = None,
+        timeout: float | Any | None = None,  # noqa: ASYNC109 - the openai SDK's parameter: the deadline
     ) -> SpeechResponse:
         """Synthesizes `input` with the first healthy deployment of `model`.
 
@@ -354,7 +388,9 @@ class _Speech:
         timeout: object,
     ) -> SpeechRequest:
         if extra_query:
-            raise InvalidRequestError("extra_query is not supported: deployments differ; use extra_body")
+            raise InvalidRequestError(
+                "extra_query is not supported: deployments differ; use extra_body"
+            )
         return validate_request(
             known_models=self._client.settings.models.keys(),
             model=model,
@@ -382,10 +418,10 @@ class _StreamingSpeech:
         input: str,
         model: str,
         voice: str,
-        instructions: str | None | Any = None,
+        instructions: str | Any | None = None,
         response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
-        speed: float | None | Any = None,
-        stream_format: Literal["sse", "audio"] | None | Any = None,
+        speed: float | Any | None = None,
+        stream_format: Literal["sse", "audio"] | Any | None = None,
         extra_headers: Mapping[str, str] | None = None,
         extra_query: Mapping[str, object] | None = None,
         extra_body: Mapping[str, object] | None = None,

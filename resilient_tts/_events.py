@@ -186,7 +186,10 @@ def emit(hooks: Sequence[EventHook], event: Event) -> None:
         try:
             hook(event)
         except Exception:
-            logger.exception("event hook %r raised; ignored", hook)
+            from ._logging import log_extra  # not at the top: _logging reads these events
+
+            extra = log_extra(event.pool, event.deployment)
+            logger.exception("event hook %r raised; ignored", hook, extra=extra)
 
 
 class RequestScope:

@@ -93,11 +93,17 @@ class HeldAttempt:
             self.deployment.breaker.record_success(self._permit)
             elapsed = self._clock() - self._started
             self._record = Attempt(
-                self.deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=self._sent.adaptations
+                self.deployment.name,
+                AttemptOutcome.SUCCESS,
+                elapsed,
+                adaptations=self._sent.adaptations,
             )
             self._pool.emit(
                 events.AttemptSucceeded(
-                    pool=self._pool.name, deployment=self.deployment.name, elapsed=elapsed, first_byte=self._first_byte
+                    pool=self._pool.name,
+                    deployment=self.deployment.name,
+                    elapsed=elapsed,
+                    first_byte=self._first_byte,
                 )
             )
         return self._record
@@ -105,7 +111,9 @@ class HeldAttempt:
     def failed(self, verdict: Verdict) -> Attempt:
         if self._record is None:
             elapsed = self._clock() - self._started
-            self._record = _record_failure(self._pool, self.deployment, self._permit, self._sent, verdict, elapsed)
+            self._record = _record_failure(
+                self._pool, self.deployment, self._permit, self._sent, verdict, elapsed
+            )
         return self._record
 
     def released(self) -> Attempt:
@@ -184,7 +192,9 @@ async def run_with_failover(
     raise _failure(run)
 
 
-async def _try_deployment(run: _Run[T], deployment: LiveDeployment, permit: Permit) -> Served[T] | None:
+async def _try_deployment(
+    run: _Run[T], deployment: LiveDeployment, permit: Permit
+) -> Served[T] | None:
     """Tries one deployment, and once more if the verdict allows a retry and the budget has it."""
     delays = run.pool.retry.delays()
     retried = False
@@ -214,14 +224,20 @@ async def _try_deployment(run: _Run[T], deployment: LiveDeployment, permit: Perm
 
 
 async def _try_hedged(
-    run: _Run[T], deployment: LiveDeployment, permit: Permit, pending: deque[LiveDeployment], delay: float
+    run: _Run[T],
+    deployment: LiveDeployment,
+    permit: Permit,
+    pending: deque[LiveDeployment],
+    delay: float,
 ) -> Served[T] | None:
     """`_try_deployment`, with the next deployments of `pending` started alongside whenever
     `delay` passes without a first byte. Losers go back to the front of `pending`: they
     were cancelled, not failed, and may serve if the winner's body fails after all."""
     pool = run.pool
 
-    def contestant(candidate: LiveDeployment, candidate_permit: Permit) -> Contestant[LiveDeployment, Served[T]]:
+    def contestant(
+        candidate: LiveDeployment, candidate_permit: Permit
+    ) -> Contestant[LiveDeployment, Served[T]]:
         return Contestant(candidate, lambda: _try_deployment(run, candidate, candidate_permit))
 
     async def hedge() -> Contestant[LiveDeployment, Served[T]] | None:
@@ -241,7 +257,9 @@ async def _try_hedged(
         return None
 
     def cancelled(loser: LiveDeployment, elapsed: float) -> None:
-        run.attempts.append(Attempt(loser.name, AttemptOutcome.CANCELLED, elapsed, error="lost a hedged race"))
+        run.attempts.append(
+            Attempt(loser.name, AttemptOutcome.CANCELLED, elapsed, error="lost a hedged race")
+        )
         pool.emit(events.HedgeCancelled(pool=pool.name, deployment=loser.name))
 
     first = contestant(deployment, permit)
@@ -258,7 +276,9 @@ async def _try_hedged(
     return replace(outcome.result, attempts=tuple(run.attempts))  # the cancelled ones too
 
 
-async def _try_closest_to_ready(run: _Run[T], order: tuple[LiveDeployment, ...]) -> Served[T] | None:
+async def _try_closest_to_ready(
+    run: _Run[T], order: tuple[LiveDeployment, ...]
+) -> Served[T] | None:
     """Every breaker kept us away: try the one closest to reopening rather than fail untried."""
     deployment = run.pool.closest_to_ready(list(order))
     if deployment is None:
@@ -272,7 +292,11 @@ async def _try_closest_to_ready(run: _Run[T], order: tuple[LiveDeployment, ...])
     permit = await deployment.admit(force=True)
     if permit is None:  # a probe is already in flight there; do not pile on
         return None
-    logger.info("every deployment of pool %r is unavailable; probing %r, the closest to reopening", run.pool.name, deployment.name)
+    logger.info(
+        "every deployment of pool %r is unavailable; probing %r, the closest to reopening",
+        run.pool.name,
+        deployment.name,
+    )
     outcome = await _attempt_once(run, deployment, permit)
     return outcome if isinstance(outcome, Served) else None
 
@@ -293,7 +317,9 @@ async def _try_last_resort(run: _Run[T]) -> Served[T] | None:
     return None
 
 
-async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit) -> Served[T] | Verdict:
+async def _attempt_once(
+    run: _Run[T], deployment: LiveDeployment, permit: Permit
+) -> Served[T] | Verdict:
     started = run.clock()
     first_byte_at.set(None)
     sent = adapt_request(deployment.config, run.request)
@@ -301,10 +327,18 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
     pool = run.pool
     if run.last_failure is not None and run.last_failure[0] != deployment.name:
         left, kind = run.last_failure
-        pool.emit(events.FailedOver(pool=pool.name, deployment=left, to_deployment=deployment.name, reason=kind.value))
-    pool.emit(events.AttemptStarted(pool=pool.name, deployment=deployment.name, number=_tries(run) + 1))
+        pool.emit(
+            events.FailedOver(
+                pool=pool.name, deployment=left, to_deployment=deployment.name, reason=kind.value
+            )
+        )
+    pool.emit(
+        events.AttemptStarted(pool=pool.name, deployment=deployment.name, number=_tries(run) + 1)
+    )
     try:
-        with anyio.CancelScope(deadline=min(started + deployment.timeouts.attempt, run.deadline)) as scope:
+        with anyio.CancelScope(
+            deadline=min(started + deployment.timeouts.attempt, run.deadline)
+        ) as scope:
             value = await run.attempt(deployment, sent)
         if not scope.cancelled_caught and run.hold:
             arrived = first_byte_at.get()
@@ -321,7 +355,11 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
         if not scope.cancelled_caught:
             breaker.record_success(permit)
             elapsed = run.clock() - started
-            run.attempts.append(Attempt(deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=sent.adaptations))
+            run.attempts.append(
+                Attempt(
+                    deployment.name, AttemptOutcome.SUCCESS, elapsed, adaptations=sent.adaptations
+                )
+            )
             arrived = first_byte_at.get()
             first_byte = None if arrived is None else arrived - started
             succeeded = events.AttemptSucceeded(
@@ -329,7 +367,11 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
             )
             pool.emit(succeeded)
             return Served(value, deployment, sent, tuple(run.attempts))
-        limit = "request deadline" if run.remaining() <= 0 else f"attempt timeout ({deployment.timeouts.attempt:g}s)"
+        limit = (
+            "request deadline"
+            if run.remaining() <= 0
+            else f"attempt timeout ({deployment.timeouts.attempt:g}s)"
+        )
         verdict = verdict_for(FailureKind.ATTEMPT_TIMEOUT, f"{limit} reached")
     except AttemptError as failed:
         verdict = failed.verdict
@@ -344,7 +386,12 @@ async def _attempt_once(run: _Run[T], deployment: LiveDeployment, permit: Permit
 
 
 def _record_failure(
-    pool: LivePool, deployment: LiveDeployment, permit: Permit, sent: DeploymentRequest, verdict: Verdict, elapsed: float
+    pool: LivePool,
+    deployment: LiveDeployment,
+    permit: Permit,
+    sent: DeploymentRequest,
+    verdict: Verdict,
+    elapsed: float,
 ) -> Attempt:
     """Logs and reports a failed attempt, settles its permit; the `Attempt` to record."""
     logger.warning(
@@ -353,7 +400,11 @@ def _record_failure(
         verdict.kind.value,
         verdict.detail,
         extra=log_extra(
-            pool.name, deployment.name, failure=verdict.kind.value, status_code=verdict.status_code, elapsed=elapsed
+            pool.name,
+            deployment.name,
+            failure=verdict.kind.value,
+            status_code=verdict.status_code,
+            elapsed=elapsed,
         ),
     )
     pool.emit(
@@ -386,7 +437,9 @@ def _settle(deployment: LiveDeployment, permit: Permit, verdict: Verdict, pool: 
     breaker = deployment.breaker
     if verdict.cooldown is not None:
         breaker.cool_down(verdict.cooldown)
-        pool.emit(events.CooldownSet(pool=pool.name, deployment=deployment.name, seconds=verdict.cooldown))
+        pool.emit(
+            events.CooldownSet(pool=pool.name, deployment=deployment.name, seconds=verdict.cooldown)
+        )
     match verdict.breaker:
         case BreakerEffect.FAILURE:
             breaker.record_failure(permit)
@@ -421,7 +474,9 @@ def _skipped(deployment: LiveDeployment) -> Attempt:
         deployment.name,
         AttemptOutcome.SKIPPED,
         0.0,
-        error=f"breaker {state}; ready in {ready_in:.2f}s" if ready_in > 0 else f"breaker {state}; no probe slot free",
+        error=f"breaker {state}; ready in {ready_in:.2f}s"
+        if ready_in > 0
+        else f"breaker {state}; no probe slot free",
     )
 
 
@@ -429,10 +484,13 @@ def _failure(run: _Run[T]) -> AllDeploymentsFailedError:
     story = describe_attempts(run.attempts)
     if run.remaining() <= 0:
         return DeadlineExceededError(
-            f"deadline reached before any deployment of {run.request.model!r} delivered audio: {story}",
+            f"deadline reached before any deployment of {run.request.model!r} delivered audio: "
+            f"{story}",
             model=run.request.model,
             attempts=run.attempts,
         )
     return AllDeploymentsFailedError(
-        f"every deployment of {run.request.model!r} failed: {story}", model=run.request.model, attempts=run.attempts
+        f"every deployment of {run.request.model!r} failed: {story}",
+        model=run.request.model,
+        attempts=run.attempts,
     )

@@ -47,7 +47,7 @@ logger = logging.getLogger("resilient_tts")
 
 
 def log_extra(
-    pool: str,
+    pool: str | None,
     deployment: str | None,
     *,
     failure: str | None = None,
@@ -57,7 +57,7 @@ def log_extra(
 ) -> dict[str, Any]:
     """The structured extras every ``resilient_tts`` log record carries, all keys always present."""
     return {
-        "pool": pool,
+        "pool": pool or None,
         "deployment": deployment or None,
         "failure": failure,
         "status_code": status_code,

@@ -138,21 +138,25 @@ end
 return record(KEYS[1], KEYS[2], now, num(ARGV[1]))
 """
 
-# KEYS: state, probes  ARGV: token, limit, ttl_ms, known_event
-# 1: granted; 0: every permit taken; -1: closed by a change the asker has not seen yet.
+# KEYS: state, probes  ARGV: token, limit, ttl_ms, known_event, forced (0/1)
+# {1, 0}: granted; {0, 0}: every permit taken; {-1, 0}: closed by a change the asker has not
+# seen; {2, ms}: re-opened for ms more by a failed probe (a forced probe may go anyway).
 _ACQUIRE_PROBE = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'event')
-if h[1] == 'closed' and h[2] and h[2] ~= ARGV[4] then
-  return -1
-end
 local now = now_ms()
+local h = redis.call('HMGET', KEYS[1], 'state', 'event', 'open_until')
+if h[1] == 'closed' and h[2] and h[2] ~= ARGV[4] then
+  return {-1, 0}
+end
+if h[1] == 'open' and num(h[3]) > now and ARGV[5] ~= '1' then
+  return {2, num(h[3]) - now}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(now))
 if redis.call('ZCARD', KEYS[2]) < num(ARGV[2]) then
   redis.call('ZADD', KEYS[2], int(now + num(ARGV[3])), ARGV[1])
   redis.call('PEXPIRE', KEYS[2], int(num(ARGV[3])))
-  return 1
+  return {1, 0}
 end
-return 0
+return {0, 0}
 """
 
 
@@ -253,11 +257,19 @@ class RedisStore:
         return _record(self._success(keys=self.keys(key), args=[_ms(key.streak_window)]))
 
     def acquire_probe(
-        self, key: StoreKey, token: str, limit: int, ttl: float, known_event: str | None
-    ) -> ProbeAnswer:
-        args: list[str | int] = [token, limit, _ms(ttl), known_event or ""]
-        answer = int(cast(int, self._acquire(keys=self.keys(key), args=args)))
-        return "granted" if answer == 1 else "closed" if answer == -1 else "taken"
+        self,
+        key: StoreKey,
+        token: str,
+        limit: int,
+        ttl: float,
+        known_event: str | None,
+        *,
+        forced: bool,
+    ) -> tuple[ProbeAnswer, float]:
+        args: list[str | int] = [token, limit, _ms(ttl), known_event or "", int(forced)]
+        code, open_ms = cast(list[int], self._acquire(keys=self.keys(key), args=args))
+        answers: dict[int, ProbeAnswer] = {1: "granted", 0: "taken", -1: "closed", 2: "open"}
+        return answers[int(code)], int(open_ms) / 1000
 
     def release_probe(self, key: StoreKey, token: str) -> None:
         self._client.zrem(self.keys(key)[1], token)

@@ -31,12 +31,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import queue
 import random
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -63,7 +65,9 @@ __all__ = [
 logger = logging.getLogger("resilient_tts")
 
 T = TypeVar("T")
-ProbeAnswer = Literal["granted", "taken", "closed"]
+# Whether a fleet-wide probe permit was granted: "taken" (all in use), "closed" (a probe
+# elsewhere succeeded), "open" (a probe elsewhere failed: open again for a while).
+ProbeAnswer = Literal["granted", "taken", "closed", "open"]
 
 # After a failed store call the store is left alone for this long, doubling up to the cap:
 # a dead Redis costs one failed call per pause, not one per request.
@@ -146,10 +150,20 @@ class SharedStore(Protocol):
         ...
 
     def acquire_probe(
-        self, key: StoreKey, token: str, limit: int, ttl: float, known_event: str | None
-    ) -> ProbeAnswer:
-        """Take one of ``limit`` fleet-wide probe permits for ``ttl`` seconds, if one is free;
-        "closed" if a probe elsewhere closed the breaker after ``known_event``."""
+        self,
+        key: StoreKey,
+        token: str,
+        limit: int,
+        ttl: float,
+        known_event: str | None,
+        *,
+        forced: bool,
+    ) -> tuple[ProbeAnswer, float]:
+        """Take one of ``limit`` fleet-wide probe permits for ``ttl`` seconds, if one is free.
+
+        Refused as "closed" when a probe elsewhere closed the breaker after ``known_event``,
+        and (unless ``forced``) as "open", with the seconds left, when one re-opened it.
+        """
         ...
 
     def release_probe(self, key: StoreKey, token: str) -> None:
@@ -169,6 +183,7 @@ class SharedStats:
     reads: int = 0  # of which refreshes of the local copy
     failures: int = 0  # calls that failed or timed out
     skipped: int = 0  # calls not made because the store was paused after a failure
+    waits: int = 0  # admissions that waited for the store (its own change, or an idle copy)
 
 
 class SharedState:
@@ -176,6 +191,10 @@ class SharedState:
 
     Built by `shared_state_from_settings`; `build_live_pool` asks it for one
     `SharedCircuitBreaker` per deployment, and `SpeechClient.aclose` closes it.
+
+    The worker thread runs submitted calls in order and, while the client is in use, reads
+    the fleet's state every ``sync_interval`` between them. It stops polling after
+    `STALE_INTERVALS` intervals without an admission, and exits when the client closes.
     """
 
     def __init__(self, store: SharedStore, *, sync_interval: float, timeout: float) -> None:
@@ -184,18 +203,17 @@ class SharedState:
         self._timeout = timeout
         self.stats = SharedStats()
         self._breakers: list[SharedCircuitBreaker] = []
-        # The worker thread starts on the first call; one worker keeps calls in order.
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="resilient-tts-shared"
-        )
-        self._seq = 0  # sequence number of the last job submitted (event-loop thread only)
-        # Results the worker delivered: (job seq, breaker, record), applied on the event loop.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None  # started on first use
+        self._seq = 0  # the last job submitted; event-loop thread only
+        self._done_seq = 0  # the last job the worker took; worker thread only
+        # What the worker delivered: (seq, breaker, record), applied on the event loop.
         self._inbox: deque[tuple[int, SharedCircuitBreaker, SharedRecord]] = deque()
-        self._read: Future[bool | None] | None = None
-        self._read_issued = -math.inf
-        self._fetched_at = -math.inf  # when the local copy was read (time.monotonic)
-        self._latest: Future[Any] | None = None  # the last read or write submitted
+        self._fetched_at = -math.inf  # when the last successful read began (monotonic)
+        self._next_read = -math.inf  # when the worker reads next (worker thread only)
+        self._admitted_at = -math.inf  # the last admission; the worker polls while recent
         self._last_write: Future[Any] | None = None
+        self._last_read: Future[Any] | None = None
         self._waiters: anyio.CapacityLimiter | None = None
         self._closed = False
         # Health, written by the worker thread only.
@@ -239,53 +257,64 @@ class SharedState:
     # -- on the event loop ----------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Bring the local copy up to date before an admission; bounded by the timeout.
+        """Apply what the worker read before an admission; rarely waits, and never long.
 
-        Once the copy is ``sync_interval`` old it is read again in the background. A request
-        waits, while the store is healthy, only for a change this process published that
-        has not reached the store yet, or for a fresh copy when its copy is older than
-        `STALE_INTERVALS` intervals: a process that was idle must not act on old news.
+        While the client is busy the worker keeps the copy younger than ``sync_interval``,
+        so a request waits for nothing. It waits (while the store is healthy, at most the
+        store timeout) only for a change this process published that has not reached the
+        store yet, or for a fresh copy after the process sat idle for `STALE_INTERVALS`
+        intervals: it must not act on old news.
         """
-        self._apply_results()
         now = time.monotonic()
+        self._admitted_at = now
+        self._apply_results()
         if self._closed or now < self._paused_until:
             return
-        age = now - self._fetched_at
-        if self._read is None and age >= self._interval:
-            self._read_issued = now
-            self._read = self._submit(self._read_all, read=True)
-        # One worker runs calls in order: waiting for a call waits for every earlier one.
-        job = self._latest if age >= self._interval * STALE_INTERVALS else self._last_write
+        job = self._last_write
+        if now - self._fetched_at >= self._interval * STALE_INTERVALS:
+            if self._last_read is None or self._last_read.done():
+                self._last_read = self._submit(self._read_all, write=False)
+            job = self._last_read  # in order: every earlier write is done by then
         if job is not None and not job.done() and self._healthy:
+            self.stats.waits += 1
             await self._wait(job)
             self._apply_results()
 
-    async def acquire_probe(self, breaker: SharedCircuitBreaker, token: str) -> ProbeAnswer | None:
+    async def acquire_probe(
+        self, breaker: SharedCircuitBreaker, token: str, *, forced: bool
+    ) -> tuple[ProbeAnswer, float] | None:
         """A fleet-wide probe permit, or None when the store is unavailable (or too slow)."""
         if self._closed or not self._healthy or time.monotonic() < self._paused_until:
             return None
         key, limit, ttl = breaker.key, breaker.policy.half_open_probes, breaker.probe_ttl
         known = breaker.applied_event
-        job = self._submit(lambda _seq: self._store.acquire_probe(key, token, limit, ttl, known))
+
+        def ask(_seq: int) -> tuple[ProbeAnswer, float]:
+            return self._store.acquire_probe(key, token, limit, ttl, known, forced=forced)
+
+        job = self._submit(ask, write=False)
         if job is None:
             return None
         await self._wait(job)
-        if not job.done() or job.exception() is not None:
-            return None
-        return job.result()
+        return job.result() if job.done() else None
 
     async def aclose(self) -> None:
         """Give back every probe permit this process holds, then close the store; bounded."""
         if self._closed:
             return
+        if self._worker is None:  # never used: nothing to give back, no connection to wait for
+            self._closed = True
+            self._store.close()
+            return
         for breaker in self._breakers:
             for token in breaker.take_tokens():
                 self.release_probe(breaker, token)
-        self._submit(lambda _seq: self._store.close(), always=True)
+        last = self._submit(lambda _seq: self._store.close(), write=True, always=True)
         self._closed = True
-        self._executor.shutdown(wait=False)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(max(1.0, 10 * self._timeout)):
-            await anyio.to_thread.run_sync(self._executor.shutdown, True, abandon_on_cancel=True)
+        self._jobs.put(None)  # the worker exits after the jobs before it
+        if last is not None and self._worker is not None:
+            with anyio.CancelScope(shield=True):
+                await self._wait(last, bound=max(1.0, 10 * self._timeout))
 
     # Publications from the breakers: synchronous, never blocking.
 
@@ -336,35 +365,56 @@ class SharedState:
             # Answers to calls submitted before this change describe the state before it.
             breaker.ignore_results_before(self._seq)
 
-    def _read_all(self, seq: int) -> bool:
-        breakers = list(self._breakers)
-        records = self._store.read([breaker.key for breaker in breakers])
-        for breaker, record in zip(breakers, records, strict=True):
-            self._inbox.append((seq, breaker, record))
-        self.stats.reads += 1
-        return True
-
     def _submit(
-        self,
-        call: Callable[[int], T],
-        *,
-        read: bool = False,
-        write: bool = False,
-        always: bool = False,
+        self, call: Callable[[int], T], *, write: bool, always: bool = False
     ) -> Future[T | None] | None:
         """Run ``call(seq)`` on the worker thread, after every call submitted before it."""
         if self._closed:
             return None
         self._seq += 1
-        future = self._executor.submit(self._guarded, call, self._seq, always)
-        if read or write:
-            self._latest = future
+        future: Future[T | None] = Future()
+        self._jobs.put(_Job(self._seq, call, always, future))
         if write:
             self._last_write = future
+        if self._worker is None:
+            self._worker = threading.Thread(
+                target=self._work, name="resilient-tts-shared-state", daemon=True
+            )
+            self._worker.start()
         return future
 
-    def _guarded(self, call: Callable[[int], T], seq: int, always: bool) -> T | None:
-        """On the worker thread: skip while paused, never raise, keep the health current."""
+    # -- on the worker thread --------------------------------------------------------------
+
+    def _work(self) -> None:
+        """Run jobs in order; between them, read the fleet's state while the client is busy."""
+        while True:
+            now = time.monotonic()
+            polling = now - self._admitted_at < self._interval * STALE_INTERVALS
+            wait = max(0.0, self._next_read - now) if polling else None
+            try:
+                job = self._jobs.get(timeout=wait)
+            except queue.Empty:
+                self._guarded(self._read_all, self._done_seq, always=False)
+                continue
+            if job is None:
+                return
+            self._done_seq = job.seq
+            job.future.set_result(self._guarded(job.call, job.seq, always=job.always))
+
+    def _read_all(self, seq: int) -> bool:
+        """Read every deployment in one round trip; ``seq``: the last job taken before it."""
+        started = time.monotonic()
+        self._next_read = started + self._interval
+        breakers = list(self._breakers)
+        records = self._store.read([breaker.key for breaker in breakers])
+        for breaker, record in zip(breakers, records, strict=True):
+            self._inbox.append((seq, breaker, record))
+        self._fetched_at = started
+        self.stats.reads += 1
+        return True
+
+    def _guarded(self, call: Callable[[int], T], seq: int, *, always: bool) -> T | None:
+        """Skip while paused, never raise, keep the health current."""
         if not always and time.monotonic() < self._paused_until:
             self.stats.skipped += 1
             return None
@@ -384,6 +434,7 @@ class SharedState:
     def _failed(self, exc: Exception) -> None:
         self.stats.failures += 1
         self._paused_until = time.monotonic() + self._pause
+        self._next_read = self._paused_until
         if self._healthy:
             self._healthy = False
             logger.warning(
@@ -394,35 +445,38 @@ class SharedState:
             )
         self._pause = min(self._pause * 2, _MAX_PAUSE)
 
-    async def _wait(self, job: Future[T]) -> None:
+    # -- back on the event loop ------------------------------------------------------------
+
+    async def _wait(self, job: Future[T], *, bound: float | None = None) -> None:
         """Wait for a job on the worker thread, never longer than the store timeout allows."""
         if job.done():
             return
         if self._waiters is None:
             # A couple of helper threads wait for the worker; other waiters queue behind them.
             self._waiters = anyio.CapacityLimiter(2)
-        bound = 2 * self._timeout
-        with anyio.move_on_after(bound):
+        seconds = 2 * self._timeout if bound is None else bound
+        with anyio.move_on_after(seconds):
             await anyio.to_thread.run_sync(
-                _wait_for, job, bound, abandon_on_cancel=True, limiter=self._waiters
+                _wait_for, job, seconds, abandon_on_cancel=True, limiter=self._waiters
             )
 
     def _apply_results(self) -> None:
         """Apply what the worker delivered, in order; on the event loop only."""
-        read = self._read
-        read_done = read is not None and read.done()
         while self._inbox:
             seq, breaker, record = self._inbox.popleft()
             breaker.apply(record, seq)
-        if read_done:
-            assert read is not None
-            if read.result() is True:  # not skipped, not failed
-                self._fetched_at = self._read_issued
-            self._read = None
         if self._recovered:
             self._recovered = False
             for breaker in self._breakers:
                 breaker.republish()
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    seq: int
+    call: Callable[[int], Any]
+    always: bool  # run even while the store is paused after a failure (releases, close)
+    future: Future[Any]
 
 
 def _wait_for(job: Future[T], seconds: float) -> None:
@@ -484,23 +538,27 @@ class SharedCircuitBreaker(CircuitBreaker):
         # after a timeout must not hold the fleet's permit until it expires.
         self._tokens[permit] = token
         try:
-            answer = await self._shared.acquire_probe(self, token)
+            asked = await self._shared.acquire_probe(self, token, forced=force)
         except BaseException:
             self.release(permit)  # cancelled while asking: not a failure, frees both permits
             raise
-        if answer in ("taken", "closed"):
-            del self._tokens[permit]
-            self.release(permit)
+        if asked is None or asked[0] == "granted":
+            return permit  # granted, or the store is unavailable: the local limit applies
+        answer, open_left = asked
+        del self._tokens[permit]
+        self.release(permit)
         if answer == "taken":  # another process is probing: do not pile on
             return None
-        if answer == "closed":  # a probe elsewhere succeeded since our last look: no probe
-            self._quiet = True
-            try:
+        # Our copy is behind: a probe elsewhere settled since. Catch up, quietly.
+        self._quiet = True
+        try:
+            if answer == "closed":
                 self._close(self._clock(), "shared: probe succeeded elsewhere")
-            finally:
-                self._quiet = False
-            return self.acquire(force=force)
-        return permit  # granted, or the store is unavailable: the local probe limit applies
+            else:
+                self.force_open(open_left, reason="shared: probe failed elsewhere")
+        finally:
+            self._quiet = False
+        return self.acquire(force=force)
 
     # -- settling permits: also give back the fleet-wide probe permit ----------------------
 

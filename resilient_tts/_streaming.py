@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 import anyio
@@ -77,37 +77,30 @@ class SpeechStreamContext:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._response._finish(exc)
+        await self._response._release(exc)
 
 
-@dataclass(eq=False)
-class _Live:
-    """A deployment's body feeding the stream right now, and how it is being normalized."""
+class _Opened:
+    """What the held attempt returns: a body whose first byte is in, still open, and the
+    part of the text it speaks."""
 
-    deployment: LiveDeployment
-    held: HeldAttempt
-    stream: AudioStream
-    exits: AsyncExitStack
-    start: int  # the segment of the input it speaks
-    end: int
-    declared: AudioFormat  # what the deployment was asked for
-    decoder: StreamDecoder
-    head: bytes = b""  # bytes kept until pass-through can be decided
-    mode: bool | None = None  # True: pass through, False: decode and re-encode, None: undecided
-    check: BodyCheck | None = None
-    pcm_bytes: int = 0
-    chunks: AsyncIterator[bytes] | None = None
-    first: bytes | None = field(default=None)
+    def __init__(self, stream: AudioStream, exits: AsyncExitStack, start: int, end: int) -> None:
+        self.stream = stream
+        self.start = start
+        self.end = end
+        self._exits = exits
+        self._chunks: AsyncIterator[bytes] | None = None
+        self._first: bytes | None = stream.first_chunk
 
     async def next_raw(self) -> bytes | None:
         """The next piece of the body, or None at its end; raises `AttemptError`."""
-        if self.first is not None:
-            first, self.first = self.first, None
+        if self._first is not None:
+            first, self._first = self._first, None
             return first
-        if self.chunks is None:
-            self.chunks = self.stream.chunks()
+        if self._chunks is None:
+            self._chunks = self.stream.chunks()
         try:
-            return await self.chunks.__anext__()
+            return await self._chunks.__anext__()
         except StopAsyncIteration:
             return None
 
@@ -117,27 +110,24 @@ class _Live:
             anyio.move_on_after(_CLOSE_SECONDS),
             contextlib.suppress(Exception),  # the body is being dropped; closing is best effort
         ):
-            if self.chunks is not None and hasattr(self.chunks, "aclose"):
-                await self.chunks.aclose()
-            await self.exits.aclose()
+            if isinstance(self._chunks, AsyncGenerator):
+                await self._chunks.aclose()
+            await self._exits.aclose()
 
 
-class _Opened:
-    """What the held attempt returns: a body whose first byte is in, still open."""
+@dataclass(eq=False)
+class _Live:
+    """A deployment's body feeding the stream right now, and how it is being normalized."""
 
-    def __init__(self, stream: AudioStream, exits: AsyncExitStack, start: int, end: int) -> None:
-        self.stream = stream
-        self.exits = exits
-        self.start = start
-        self.end = end
-
-    async def aclose(self) -> None:
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(_CLOSE_SECONDS),
-            contextlib.suppress(Exception),  # the body is being dropped; closing is best effort
-        ):
-            await self.exits.aclose()
+    deployment: LiveDeployment
+    held: HeldAttempt
+    body: _Opened
+    declared: AudioFormat  # what the deployment was asked for
+    decoder: StreamDecoder
+    head: bytes = b""  # bytes kept until pass-through can be decided
+    mode: bool | None = None  # True: pass through, False: decode and re-encode, None: undecided
+    check: BodyCheck | None = None
+    pcm_bytes: int = 0
 
 
 class StreamedSpeechResponse:
@@ -156,6 +146,7 @@ class StreamedSpeechResponse:
         self.response_format: str = self._target.value
         self.sample_rate: int = job.rate
         self.bytes_delivered = 0
+        self.is_closed = False
         self._segmented = is_long(job.text, job.pool)
         self._attempts: list[Attempt] = []
         self._segments: list[SpeechSegment] = []
@@ -174,7 +165,6 @@ class StreamedSpeechResponse:
         self._consumed = False
         self._content: bytes | None = None
         self._error: BaseException | None = None
-        self.is_closed = False
 
     def __repr__(self) -> str:
         return (
@@ -291,7 +281,7 @@ class StreamedSpeechResponse:
                 await self._group.__aenter__()
             await self._open_live(previous_failure=None)
         except BaseException as exc:
-            await self._finish(exc)
+            await self._release(exc)
             raise
 
     async def _open_live(self, previous_failure: Attempt | None) -> None:
@@ -315,17 +305,12 @@ class StreamedSpeechResponse:
                 if segmented
                 else job.request
             )
-            exits = AsyncExitStack()
-            try:
-                client = job.openai_for(deployment)
-                opened = open_audio_stream(
-                    client, deployment.config, request, sent, deployment.timeouts
-                )
-                stream = await exits.enter_async_context(opened)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await exits.aclose()
-                raise
+            client = job.openai_for(deployment)
+            opening = open_audio_stream(
+                client, deployment.config, request, sent, deployment.timeouts
+            )
+            exits = AsyncExitStack()  # kept open past this function: the body is read later
+            stream = await exits.enter_async_context(opening)
             return _Opened(stream, exits, span[0], span[1])
 
         # Segments of a long text are asked for losslessly (they are re-encoded anyway).
@@ -357,16 +342,13 @@ class StreamedSpeechResponse:
         self._live = _Live(
             deployment=served.deployment,
             held=served.held,
-            stream=opened.stream,
-            exits=opened.exits,
-            start=opened.start,
-            end=opened.end,
+            body=opened,
             declared=declared,
             decoder=StreamDecoder(
                 declared=declared, declared_rate=served.deployment.config.sample_rate, rate=job.rate
             ),
+            # A long text's segments all go through one encoder: never passed through.
             mode=False if segmented else None,
-            first=opened.stream.first_chunk,
         )
         self._encoder = StreamEncoder(self._target, job.rate)
 
@@ -391,12 +373,12 @@ class StreamedSpeechResponse:
             return self._finish_encoder()
 
     async def _from_live(self, live: _Live) -> bytes:
-        raw = await live.next_raw()
+        raw = await live.body.next_raw()
         if raw is None:
             out = await self._cpu(self._finish_live, live, live.head)
             self._live_done(live)
             # Read to its end: closing returns the connection to the pool, and cannot hang.
-            await live.aclose()
+            await live.body.aclose()
             return out
         return await self._cpu(self._feed_live, live, raw)
 
@@ -471,10 +453,11 @@ class StreamedSpeechResponse:
         self._live = None
         self._attempts.append(live.held.succeeded())
         duration = None if live.mode else live.pcm_bytes / 2 / self._job.rate
+        start, end = live.body.start, live.body.end
         self._segments.append(
-            SpeechSegment(len(self._segments), live.start, live.end, live.deployment.name, duration)
+            SpeechSegment(len(self._segments), start, end, live.deployment.name, duration)
         )
-        self._previous, self._position = live.deployment, live.end
+        self._previous, self._position = live.deployment, end
         if self._segmented:
             self._prefetch()
 
@@ -483,7 +466,7 @@ class StreamedSpeechResponse:
         self._live = None
         record = live.held.failed(verdict)
         self._attempts.append(record)
-        await live.aclose()
+        await live.body.aclose()
         if self.bytes_delivered:
             raise StreamInterruptedError(
                 f"deployment {live.deployment.name!r} failed after {self.bytes_delivered} bytes "
@@ -540,34 +523,31 @@ class StreamedSpeechResponse:
 
     # -- closing --------------------------------------------------------------------------
 
-    async def _finish(self, exc: BaseException | None) -> None:
-        await self._release(exc)
-
     async def _release(self, exc: BaseException | None) -> None:
+        """Closes everything the stream holds; `exc` is what ended it, if anything did."""
         if self.is_closed:
             return
         self.is_closed = True
         live, self._live = self._live, None
-        if live is not None:
-            self._attempts.append(live.held.released())
-            await live.aclose()
-        self._queued = memoryview(b"")
-        if self._encoder is not None:
-            self._encoder.close()
-        group, self._group = self._group, None
-        if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
-        scope, self._scope = self._scope, None
-        if scope is not None:
-            served = (
-                self._segments[0].deployment
-                if self._segments
-                else (live.deployment.name if live else "")
-            )
-            scope.served(served, tuple(self._attempts))
-            error = exc if exc is not None else self._error
-            scope.__exit__(type(error) if error is not None else None, error, None)
+        try:
+            if live is not None:
+                # The caller stopped reading: never the deployment's failure.
+                self._attempts.append(live.held.released())
+                await live.body.aclose()
+            self._queued = memoryview(b"")
+            if self._encoder is not None:
+                self._encoder.close()
+            group, self._group = self._group, None
+            if group is not None:
+                group.cancel_scope.cancel()  # later segments being spoken
+                await group.__aexit__(None, None, None)
+        finally:
+            scope, self._scope = self._scope, None
+            if scope is not None:
+                first = self._segments[0].deployment if self._segments else None
+                scope.served(first or (live.deployment.name if live else ""), self.attempts)
+                error = exc if exc is not None else self._error
+                scope.__exit__(type(error) if error is not None else None, error, None)
 
 
 class _Chunks:

@@ -172,52 +172,77 @@ def _check_raw_pcm(head: bytes, declared: AudioFormat) -> None:
 
 
 class _Output:
-    """Resampled PCM out, with samples dropped at the start (codec priming) and a cap on the
-    total (codec padding), both counted in output samples."""
+    """Decoded audio in, s16 mono at `rate` out.
+
+    Samples are first made s16 mono at the source's own rate, trimmed there (`skip` samples of
+    codec priming dropped at the start, at most `limit` kept in all: codec padding), then
+    resampled: trimming before the rate changes is what FFmpeg's demuxers do, so a streamed
+    decode gives the very samples a whole-body decode gives.
+    """
 
     def __init__(self, rate: int) -> None:
         self.rate = rate
         self.skip = 0
         self.limit: int | None = None
-        self.emitted = 0
-        self._resampler: av.AudioResampler | None = None
-        self._source: tuple[str, str, int] | None = None
+        self.kept = 0
+        self._mono: av.AudioResampler | None = None  # any format and layout -> s16 mono
+        self._mono_source: tuple[str, str, int] | None = None
+        self._resampler: av.AudioResampler | None = None  # s16 mono, source rate -> `rate`
+        self._source_rate = 0
 
     def frames(self, frames: Iterable[av.AudioFrame]) -> bytes:
         out = bytearray()
         for frame in frames:
-            source = (frame.format.name, frame.layout.name, frame.sample_rate)
-            if self._resampler is None or source != self._source:
-                # A stream may change layout or rate midway; PyAV's resampler refuses that.
-                out += self._drain()
-                self._source = source
-                self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
-            frame.pts = None  # gaps in the source's timestamps are not ours to fill
-            out += self._collect(self._resampler.resample(frame))
+            if frame.format.name == "s16" and frame.layout.nb_channels == 1:
+                mono = bytes(memoryview(frame.planes[0])[: frame.samples * 2])
+            else:
+                mono = self._to_mono(frame)
+            out += self._resample(self._trim(mono), frame.sample_rate)
         return bytes(out)
 
     def pcm(self, samples: bytes, rate: int, channels: int = 1) -> bytes:
-        """Interleaved s16 `samples`; no resampler when they already are mono at our rate."""
-        if not samples:
-            return b""
-        if channels == 1 and rate == self.rate and self._resampler is None:
-            return self._trim(samples)
-        return self.frames([pcm_frame(samples, rate, channels)])
+        """Interleaved s16 `samples` at `rate`."""
+        if channels != 1:
+            return self.frames([pcm_frame(samples, rate, channels)])
+        return self._resample(self._trim(samples), rate)
 
     def flush(self) -> bytes:
-        return self._drain()
+        tail = b""
+        if self._mono is not None and self._mono_source is not None:
+            tail = self._trim(_collect(self._mono.resample(None)))
+            self._mono = None
+        out = self._resample(tail, self._mono_source[2]) if tail and self._mono_source else b""
+        return out + self._drain()
+
+    def _to_mono(self, frame: av.AudioFrame) -> bytes:
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        flushed = b""
+        if self._mono is None or source != self._mono_source:
+            # A stream may change layout or rate midway; PyAV's resampler refuses that.
+            if self._mono is not None:
+                flushed = _collect(self._mono.resample(None))
+            self._mono_source = source
+            self._mono = av.AudioResampler(format="s16", layout="mono", rate=frame.sample_rate)
+        frame.pts = None  # gaps in the source's timestamps are not ours to fill
+        return flushed + _collect(self._mono.resample(frame))
+
+    def _resample(self, samples: bytes, rate: int) -> bytes:
+        if not samples:
+            return b""
+        if rate == self.rate and self._resampler is None:
+            return samples
+        out = b""
+        if self._resampler is None or rate != self._source_rate:
+            out = self._drain()
+            self._source_rate = rate
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
+        return out + _collect(self._resampler.resample(pcm_frame(samples, rate)))
 
     def _drain(self) -> bytes:
         if self._resampler is None:
             return b""
         resampler, self._resampler = self._resampler, None
-        return self._collect(resampler.resample(None))
-
-    def _collect(self, frames: Iterable[av.AudioFrame | None]) -> bytes:
-        parts = [
-            bytes(memoryview(out.planes[0])[: out.samples * 2]) for out in frames if out is not None
-        ]
-        return self._trim(b"".join(parts))
+        return _collect(resampler.resample(None))
 
     def _trim(self, samples: bytes) -> bytes:
         if self.skip:
@@ -225,9 +250,16 @@ class _Output:
             self.skip -= dropped
             samples = samples[2 * dropped :]
         if self.limit is not None:
-            samples = samples[: 2 * max(0, self.limit - self.emitted)]
-        self.emitted += len(samples) // 2
+            samples = samples[: 2 * max(0, self.limit - self.kept)]
+        self.kept += len(samples) // 2
         return samples
+
+
+def _collect(frames: Iterable[av.AudioFrame | None]) -> bytes:
+    """The s16 mono samples of resampled frames (a pass-through flush answers [None])."""
+    return b"".join(
+        bytes(memoryview(out.planes[0])[: out.samples * 2]) for out in frames if out is not None
+    )
 
 
 class _RawPcmDecoder:
@@ -376,12 +408,11 @@ class _ParsedDecoder:
         if self._container is Container.MP3:
             info = _lame_info(data)
             if info is not None:
-                frame_length, frames, per_frame, delay, padding, rate = info
+                frame_length, frames, per_frame, delay, padding = info
                 data = data[frame_length:]
-                scale = self._output.rate / rate
-                self._output.skip = round((delay + _MP3_DECODER_DELAY) * scale)
+                self._output.skip = delay + _MP3_DECODER_DELAY
                 if frames:
-                    self._output.limit = round((frames * per_frame - delay - padding) * scale)
+                    self._output.limit = frames * per_frame - delay - padding
         return data
 
     def _decode(self, packets: Iterable[Any]) -> bytes:  # av.Packet, or None to flush
@@ -398,9 +429,9 @@ class _ParsedDecoder:
         return bytes(out)
 
 
-def _lame_info(data: bytes) -> tuple[int, int, int, int, int, int] | None:
-    """(frame length, frames, samples per frame, encoder delay, padding, rate) of the
-    Xing/Info frame at the start of `data`, or None when the first frame is audio."""
+def _lame_info(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """(frame length, frames, samples per frame, encoder delay, padding) of the Xing/Info
+    frame at the start of `data`, or None when the first frame is audio."""
     header = mp3_frame_header(data, 0)
     if header is None:
         return None
@@ -418,7 +449,7 @@ def _lame_info(data: bytes) -> tuple[int, int, int, int, int, int] | None:
     if len(delay_padding) == 3 and data[p : p + 4].isalpha():  # "LAME", "Lavc", "Lavf"
         delay = (delay_padding[0] << 4) | (delay_padding[1] >> 4)
         padding = ((delay_padding[1] & 0x0F) << 8) | delay_padding[2]
-    return header.frame_length, frames, header.samples, delay, padding, header.sample_rate
+    return header.frame_length, frames, header.samples, delay, padding
 
 
 class _OggOpusDecoder:
@@ -459,7 +490,7 @@ class _OggOpusDecoder:
         if granule >= 0 and self._packets >= 2:
             # Granules count 48 kHz samples, the pre-skip included, up to the end of the last
             # packet completed on this page: all this page may add, priming and padding not.
-            self._output.limit = round((granule - self._pre_skip) * self._output.rate / 48000)
+            self._output.limit = granule - self._pre_skip
         out = bytearray()
         for packet in packets:
             self._packets += 1
@@ -589,7 +620,8 @@ class StreamEncoder:
     """s16 mono PCM at `rate` in, one continuous `fmt` file out, piece by piece.
 
     `rate` must be one `fmt` accepts (see `encodable_rate`). Nothing is written before the
-    first samples arrive, so a stream that fails before any audio costs no encoder.
+    first samples arrive, so a stream that fails before any audio costs no encoder, and the
+    first piece out always holds encoded audio, not only a container header.
     """
 
     def __init__(self, fmt: AudioFormat, rate: int) -> None:
@@ -603,6 +635,10 @@ class StreamEncoder:
         self._output: av.container.OutputContainer | None = None
         self._stream: av.AudioStream | None = None
         self._samples = 0
+        # What the muxer wrote when it started (ID3, Ogg's OpusHead pages, FLAC's STREAMINFO):
+        # held back until audio follows, since the first bytes handed over are the commit
+        # point, and a header alone commits to nothing.
+        self._header = b""
 
     def feed(self, pcm: bytes) -> bytes:
         if not pcm:
@@ -628,7 +664,7 @@ class StreamEncoder:
             self._output.mux(self._stream.encode(frame))
         except FFMPEG_ERRORS as exc:
             raise AudioError(f"cannot encode {self.format}: {exc}") from exc
-        return self._sink.take()
+        return self._take()
 
     def finish(self) -> bytes:
         """The encoder's last frames and the container's trailer. A stream that never got
@@ -650,7 +686,14 @@ class StreamEncoder:
         except FFMPEG_ERRORS as exc:
             raise AudioError(f"cannot finish the {self.format} stream: {exc}") from exc
         self._output = None
-        return self._sink.take()
+        out, self._header = self._header + self._sink.take(), b""
+        return out
+
+    def _take(self) -> bytes:
+        out = self._sink.take()
+        if out and self._header:
+            out, self._header = self._header + out, b""
+        return out
 
     def close(self) -> None:
         """Drops the encoder without writing anything more (the stream was abandoned)."""
@@ -675,6 +718,7 @@ class StreamEncoder:
             stream.time_base = Fraction(1, self.rate)
             self._stream = stream
             self._output.start_encoding()
+            self._header = self._sink.take()
         except FFMPEG_ERRORS as exc:
             raise AudioError(
                 f"cannot start a {self.format} encoder at {self.rate} Hz: {exc}"
