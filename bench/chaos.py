@@ -214,8 +214,11 @@ def chaos_client(
         transport="httpx",  # the one transport both event loops share
         attempt_timeout=8.0,
         deadline=30.0,
-        breaker_open_seconds=1.0,  # breakers cycle open / half-open / closed many times
-        breaker=BreakerPolicy(consecutive_failures=3, half_open_probes=1),
+        # Breakers cycle open / half-open / closed many times: the faults stay in play.
+        breaker_open_seconds=1.0,
+        breaker=BreakerPolicy(
+            consecutive_failures=3, half_open_probes=1, open_seconds=1.0, max_open_seconds=2.0
+        ),
         redis_url=redis_url,
     )
 

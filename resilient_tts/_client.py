@@ -141,7 +141,12 @@ class SpeechClient:
                     name,
                     pool,
                     defaults=defaults,
-                    breaker_open_seconds=s.breaker_open_seconds,
+                    # An explicit setting (argument, variable, file) beats BreakerPolicy's own.
+                    breaker_open_seconds=(
+                        s.breaker_open_seconds
+                        if "breaker_open_seconds" in s.model_fields_set
+                        else self._breaker_policy.open_seconds
+                    ),
                     breaker_policy=self._breaker_policy,
                     retry=self._retry_policy,
                     clock=anyio.current_time,

@@ -11,6 +11,7 @@ These are the objects the rest of the package reads. They validate themselves, s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -132,6 +133,17 @@ class Deployment(_TimeoutOverrides):
         if parts.username or parts.password:
             raise ValueError("must not carry credentials; put the key in api_key")
         return value.rstrip("/")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _key_from_environment(cls, value: Any) -> Any:
+        # LiteLLM's convention, kept so translated configs hold references, not keys.
+        if isinstance(value, str) and value.startswith("os.environ/"):
+            name = value.removeprefix("os.environ/")
+            if name not in os.environ:
+                raise ValueError(f"refers to the environment variable {name}, which is not set")
+            return os.environ[name]
+        return value
 
     @field_validator("formats")
     @classmethod

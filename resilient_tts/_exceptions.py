@@ -7,7 +7,7 @@ validation error), the original is chained as ``__cause__``.
 
     ResilientTTSError
     ├── ConfigurationError (ValueError)        bad configuration, raised when the client is built
-    ├── InvalidRequestError (ValueError)       bad request parameters, raised before any network call
+    ├── InvalidRequestError (ValueError)       a bad request, raised before any network call
     ├── AllDeploymentsFailedError              every deployment that could be tried failed
     │   └── DeadlineExceededError (TimeoutError)   ... because the request's deadline ran out
     ├── StreamInterruptedError                 failure after audio had reached the caller

@@ -42,6 +42,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -197,8 +198,16 @@ class SharedState:
     `STALE_INTERVALS` intervals without an admission, and exits when the client closes.
     """
 
-    def __init__(self, store: SharedStore, *, sync_interval: float, timeout: float) -> None:
+    def __init__(
+        self,
+        store: SharedStore,
+        *,
+        sync_interval: float,
+        timeout: float,
+        secrets: Sequence[str] = (),
+    ) -> None:
         self._store = store
+        self._secrets = [secret for secret in secrets if secret]  # never in a log line
         self._interval = sync_interval
         self._timeout = timeout
         self.stats = SharedStats()
@@ -279,6 +288,13 @@ class SharedState:
             self.stats.waits += 1
             await self._wait(job)
             self._apply_results()
+
+    async def refresh(self) -> None:
+        """Read the fleet's state now and apply it; bounded by the store timeout."""
+        job = self._submit(self._read_all, write=False)
+        if job is not None and self._healthy:
+            await self._wait(job)
+        self._apply_results()
 
     async def acquire_probe(
         self, breaker: SharedCircuitBreaker, token: str, *, forced: bool
@@ -437,11 +453,14 @@ class SharedState:
         self._next_read = self._paused_until
         if self._healthy:
             self._healthy = False
+            message = str(exc)
+            for secret in self._secrets:
+                message = message.replace(secret, "***")
             logger.warning(
                 "shared breaker state unavailable (%s: %s); going on with local state and "
                 "trying again by itself",
                 type(exc).__name__,
-                exc,
+                message,
             )
         self._pause = min(self._pause * 2, _MAX_PAUSE)
 
@@ -705,11 +724,16 @@ def shared_state_from_settings(settings: Settings) -> SharedState | None:
             "RESILIENT_TTS_REDIS_URL is set but the redis package is not installed: "
             "pip install 'resilient-tts[redis]'"
         ) from exc
+    url = settings.redis_url.get_secret_value()
     store = RedisStore.from_url(
-        settings.redis_url.get_secret_value(),
+        url,
         prefix=settings.redis_prefix,
         timeout=settings.redis_timeout,
     )
+    password = urlsplit(url).password
     return SharedState(
-        store, sync_interval=settings.redis_sync_interval, timeout=settings.redis_timeout
+        store,
+        sync_interval=settings.redis_sync_interval,
+        timeout=settings.redis_timeout,
+        secrets=[password] if password else [],
     )

@@ -203,3 +203,32 @@ def test_secret_never_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
         str(client.settings),
     ):
         assert SECRET not in text
+
+
+def test_breaker_policy_open_seconds_applies_unless_a_setting_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """BreakerPolicy(open_seconds=...) is used unless RESILIENT_TTS_BREAKER_OPEN_SECONDS is set."""
+    from resilient_tts import BreakerPolicy
+
+    async def open_seconds() -> float:
+        async with SpeechClient(
+            models={"kokoro": [GOOD]}, breaker=BreakerPolicy(open_seconds=2, max_open_seconds=60)
+        ) as client:
+            return client._live_pools()["kokoro"].deployments[0].breaker.policy.open_seconds
+
+    import anyio
+
+    assert anyio.run(open_seconds) == 2
+    monkeypatch.setenv("RESILIENT_TTS_BREAKER_OPEN_SECONDS", "7")
+    assert anyio.run(open_seconds) == 7
+
+
+def test_api_key_from_an_environment_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM's os.environ/VAR reference reads the key from the environment; unset is an error."""
+    monkeypatch.setenv("MY_TTS_KEY", SECRET)
+    deployment = Deployment(**(GOOD | {"api_key": "os.environ/MY_TTS_KEY"}))
+    assert deployment.api_key is not None
+    assert deployment.api_key.get_secret_value() == SECRET
+    with pytest.raises(ConfigurationError, match="MISSING_TTS_KEY, which is not set"):
+        Deployment(**(GOOD | {"api_key": "os.environ/MISSING_TTS_KEY"}))

@@ -197,6 +197,7 @@ def test_toml_and_env_outputs_are_valid_settings(
     parsed = tomllib.loads(imported.to_toml())
     assert list(parsed["models"]) == ["kokoro", "server1/kokoro", "server2/kokoro"]
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLAMA_SWAP_KEY", "sk-from-the-environment")  # the reference is kept
     client = SpeechClient(config_file=settings_file)
     assert [d.name for d in client.settings.models["kokoro"].deployments] == [
         "kokoro",

@@ -371,16 +371,43 @@ async def test_probe_success_closes_the_breaker_everywhere(
             await speak(one)
             breaker_of(one, "primary").force_open(0.0, reason="test")  # half-open, published
             await sync(one)
+            await refresh(two)
             assert kinds(await speak(two)) == ["primary:success"]  # two probes, and closes
-            await sync(two)
             assert breaker_of(two, "primary").state is BreakerState.CLOSED
             assert breaker_of(one, "primary").state is BreakerState.HALF_OPEN
+            await sync(two)
+            await refresh(one)
+            assert breaker_of(one, "primary").state is BreakerState.CLOSED  # no probe of its own
             assert kinds(await speak(one)) == ["primary:success"]
-            assert breaker_of(one, "primary").state is BreakerState.CLOSED
     closed = [
         e for e in events if isinstance(e, BreakerTransitioned) and e.new is BreakerState.CLOSED
     ]
     assert [e.reason for e in closed] == ["shared: probe succeeded elsewhere"]
+    assert primary.hits == 3
+
+
+@needs_redis
+async def test_a_probe_that_failed_elsewhere_keeps_this_process_away(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Half-open across the fleet: one client's probe fails; the other does not probe again."""
+    async with (
+        FakeSpeechServer(name="primary") as primary,
+        FakeSpeechServer(name="backup") as backup,
+    ):
+        one = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001)
+        two = shared_client([primary, backup], redis_server.url, prefix, redis_sync_interval=0.001)
+        async with one, two:
+            await speak(one)
+            await speak(two)
+            breaker_of(one, "primary").force_open(0.0, reason="test")  # half-open fleet-wide
+            await sync(one)
+            await refresh(two)
+            primary.set_fault(Fault.not_audio("html"))  # a plain failure, never retried
+            assert kinds(await speak(two)) == ["primary:not_audio", "backup:success"]  # probe
+            await sync(two)
+            assert kinds(await speak(one)) == ["primary:skipped", "backup:success"]
+            assert breaker_of(one, "primary").state is BreakerState.OPEN
     assert primary.hits == 3
 
 
@@ -396,6 +423,8 @@ async def test_a_retry_after_cool_down_is_shared(redis_server: RedisServer, pref
         async with one, two:
             primary.set_fault(Fault.status(429, retry_after=30))
             assert kinds(await speak(one)) == ["primary:rate_limited", "backup:success"]
+            await sync(one)
+            await refresh(two)
             assert kinds(await speak(two)) == ["primary:skipped", "backup:success"]
             cooldown = breaker_of(two, "primary").snapshot().cooldown_until
             assert cooldown is not None
@@ -521,13 +550,21 @@ async def test_a_hung_redis_costs_at_most_the_timeout(
     assert slowest < 1.0  # two timeouts at most (0.2 s) plus the request itself
 
 
-async def test_a_missing_redis_fails_no_request(prefix: str) -> None:
-    """Nothing listens at the Redis URL: requests are served on local state from the start."""
+async def test_a_missing_redis_fails_no_request(
+    prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listens at the Redis URL: requests are served on local state, one warning says
+    so, and it never shows the password."""
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     async with FakeSpeechServer(name="primary") as primary:
-        client = shared_client([primary], f"redis://127.0.0.1:{free_port()}/0", prefix)
+        client = shared_client([primary], url, prefix)
         async with client:
             for _ in range(5):
                 assert (await speak(client)).deployment == "primary"
+    warnings = [r.getMessage() for r in caplog.records if "shared breaker state" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "going on with local state" in warnings[0]
+    assert "hunter2" not in caplog.text
 
 
 def test_the_redis_url_is_a_secret_and_is_validated() -> None:
@@ -547,6 +584,13 @@ async def sync(client: SpeechClient) -> None:
     """Wait until what this client published has reached Redis."""
     assert client._shared is not None
     await client._shared.sync()
+
+
+async def refresh(client: SpeechClient) -> None:
+    """Make this client read the fleet's state now: "at once" exactly, not within one
+    sync interval, so that tests need not wait for time to pass."""
+    assert client._shared is not None
+    await client._shared.refresh()
 
 
 class Progress:
@@ -608,6 +652,9 @@ async def _child_main(config: dict[str, Any]) -> None:
             elif op == "state":
                 answer = client._live_pools()["kokoro"].deployments[0].breaker.state.value
             else:
+                # The parent sends this after it saw the other processes' answers: read the
+                # fleet's state first, so "at once" is exact rather than within an interval.
+                await refresh(client)
                 answer = [kinds(await speak(client)) for _ in range(command.get("n", 1))]
                 # Answer once what this process learned has reached Redis, as a causal
                 # order for the test: the parent's next command follows from this answer.
