@@ -11,7 +11,7 @@
    generates its audio as it sends it, read through `SpeechClient`; this process's resident
    memory (VmRSS) is sampled every minute of audio. Flat means the stream never piles up.
 
-    python bench/streaming.py                       # about a minute
+    python bench/streaming.py                       # two or three minutes
     python bench/streaming.py --requests 50 --hours 0.25
 """
 

@@ -85,22 +85,33 @@ def build_live_pool(
         timeouts = Timeouts(
             deadline=_first(pool.deadline, defaults.deadline),
             attempt=_first(deployment.attempt_timeout, pool.attempt_timeout, defaults.attempt),
-            first_byte=_first(deployment.first_byte_timeout, pool.first_byte_timeout, defaults.first_byte),
+            first_byte=_first(
+                deployment.first_byte_timeout, pool.first_byte_timeout, defaults.first_byte
+            ),
             stall=_first(deployment.stall_timeout, pool.stall_timeout, defaults.stall),
         )
-        open_seconds = _first(deployment.breaker_open_seconds, pool.breaker_open_seconds, breaker_open_seconds)
+        open_seconds = _first(
+            deployment.breaker_open_seconds, pool.breaker_open_seconds, breaker_open_seconds
+        )
         policy = _with_open_seconds(breaker_policy, open_seconds)
         reporter = _reporter(name, deployment.name, hooks)
         breaker: CircuitBreaker
         if shared is None:
             breaker = CircuitBreaker(policy, clock=clock, on_transition=reporter)
         else:
-            # A probe permit held by a process that died expires soon after its attempt would have.
+            # A probe permit held by a process that died expires soon after its attempt would.
             probe_ttl = timeouts.attempt + PROBE_TTL_MARGIN
             breaker = shared.breaker_for(
-                name, deployment.name, policy, clock=clock, probe_ttl=probe_ttl, on_transition=reporter
+                name,
+                deployment.name,
+                policy,
+                clock=clock,
+                probe_ttl=probe_ttl,
+                on_transition=reporter,
             )
-        deployments.append(LiveDeployment(pool=name, config=deployment, timeouts=timeouts, breaker=breaker))
+        deployments.append(
+            LiveDeployment(pool=name, config=deployment, timeouts=timeouts, breaker=breaker)
+        )
     return LivePool(
         name=name,
         deployments=tuple(deployments),
@@ -112,7 +123,9 @@ def build_live_pool(
     )
 
 
-def _reporter(pool: str, deployment: str, hooks: tuple[EventHook, ...]) -> Callable[[BreakerTransition], None]:
+def _reporter(
+    pool: str, deployment: str, hooks: tuple[EventHook, ...]
+) -> Callable[[BreakerTransition], None]:
     def report(transition: BreakerTransition) -> None:
         logger.log(
             breaker_log_level(transition.new),
@@ -137,7 +150,11 @@ def _reporter(pool: str, deployment: str, hooks: tuple[EventHook, ...]) -> Calla
 
 
 def _with_open_seconds(policy: BreakerPolicy, open_seconds: float) -> BreakerPolicy:
-    return replace(policy, open_seconds=open_seconds, max_open_seconds=max(policy.max_open_seconds, open_seconds))
+    return replace(
+        policy,
+        open_seconds=open_seconds,
+        max_open_seconds=max(policy.max_open_seconds, open_seconds),
+    )
 
 
 def _first(*values: float | None) -> float:

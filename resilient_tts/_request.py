@@ -17,12 +17,14 @@ __all__ = ["SpeechRequest", "validate_request"]
 MIN_SPEED, MAX_SPEED = 0.25, 4.0  # the OpenAI API's range
 
 # RFC 9110 section 5.1: a field name is a token. Values: visible ASCII, with spaces and tabs
-# inside only (section 5.5; httpx sends str values as ASCII). Anything else would fail on the wire, and be counted
-# against a deployment that did nothing wrong.
+# inside only (section 5.5; httpx sends str values as ASCII). Anything else would fail on
+# the wire, and be counted against a deployment that did nothing wrong.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\t\x20-\x7e]*[\x21-\x7e])?)?")
 # Each deployment sends its own key; HTTP framing is the transport's business.
-_RESERVED_HEADERS = frozenset({"authorization", "host", "content-length", "transfer-encoding", "connection"})
+_RESERVED_HEADERS = frozenset(
+    {"authorization", "host", "content-length", "transfer-encoding", "connection"}
+)
 # Set through their own parameters, which are validated and adapted per deployment.
 _RESERVED_BODY = frozenset(
     {"model", "voice", "input", "response_format", "speed", "instructions", "stream_format"}

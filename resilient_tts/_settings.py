@@ -13,8 +13,8 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     # Shared breaker state for a fleet (extra "redis"); see docs/shared-state.md. The URL is
     # a secret: it may hold a password, so it is never shown.
     redis_url: SecretStr | None = None
-    redis_prefix: str = Field(default="resilient_tts", min_length=1, max_length=100, pattern=r"^[\w.:-]+$")
+    redis_prefix: str = Field(
+        default="resilient_tts", min_length=1, max_length=100, pattern=r"^[\w.:-]+$"
+    )
     redis_sync_interval: Seconds = Field(default=0.1, le=60)
     redis_timeout: Seconds = Field(default=0.1, le=10)
 
@@ -70,7 +72,10 @@ class Settings(BaseSettings):
             not isinstance(pool, Mapping) or all(isinstance(key, str) for key in pool)
             for pool in value.values()
         ):
-            raise ValueError('each pool must be a mapping whose field names are strings, like {"deployments": [...]}')
+            raise ValueError(
+                "each pool must be a mapping whose field names are strings, "
+                'like {"deployments": [...]}'
+            )
         return value
 
     @field_validator("redis_url")
@@ -127,7 +132,9 @@ def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSe
         if suffix in (".yaml", ".yml"):
             return YamlConfigSettingsSource(settings_cls, yaml_file=path)
     except ImportError as exc:
-        raise ConfigurationError(f"{where}: reading YAML needs PyYAML: pip install 'resilient-tts[yaml]'") from exc
+        raise ConfigurationError(
+            f"{where}: reading YAML needs PyYAML: pip install 'resilient-tts[yaml]'"
+        ) from exc
     except ValueError as exc:  # tomllib.TOMLDecodeError and yaml's errors are ValueErrors
         raise ConfigurationError(f"{where}: not valid {suffix[1:].upper()}: {exc}") from exc
     raise ConfigurationError(f"{where}: unknown file type; use a .toml, .yaml or .yml file")
@@ -142,11 +149,15 @@ def load_settings(**overrides: Any) -> Settings:
         # pydantic-settings says which field could not be parsed (malformed JSON, mostly).
         field = _field_named_in(str(exc))
         cause = exc.__cause__
-        reason = f"not valid JSON ({cause})" if isinstance(cause, json.JSONDecodeError) else str(exc)
+        reason = (
+            f"not valid JSON ({cause})" if isinstance(cause, json.JSONDecodeError) else str(exc)
+        )
         raise ConfigurationError(f"{_variable(field, overrides)}: {reason}") from cause
     except ValidationError as exc:
         # Not chained: pydantic's own message echoes input values, which may hold a key.
-        raise ConfigurationError(describe_validation_error(exc, lambda field: _variable(field, overrides))) from None
+        raise ConfigurationError(
+            describe_validation_error(exc, lambda field: _variable(field, overrides))
+        ) from None
 
 
 def _field_named_in(message: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
@@ -234,9 +235,16 @@ class StreamedSpeechResponse:
         return self.iter_bytes()
 
     async def read(self) -> bytes:
-        """The whole audio, once it has all arrived."""
+        """The whole audio, once it has all arrived.
+
+        Nothing reaches the caller before the end, so the commit point is the end: a body
+        that fails at any point before it is replaced by the next deployment's, as with
+        `create`. Later calls return the same bytes.
+        """
         if self._content is None:
-            self._content = b"".join([chunk async for chunk in self.iter_bytes()])
+            self._start_reading()
+            whole = await self._next_chunk(sys.maxsize)  # one piece: everything, at the end
+            self._content = whole or b""
         return self._content
 
     async def stream_to_file(

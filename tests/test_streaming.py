@@ -191,6 +191,20 @@ async def test_cut_after_bytes_reached_the_caller_raises_stream_interrupted() ->
         await response.read()
 
 
+async def test_read_hands_over_nothing_before_the_end_so_a_late_cut_still_fails_over() -> None:
+    """read() returns only the whole audio: its commit point is the end of the body."""
+    async with (
+        two_servers(Fault.cut(after_bytes=20_000), seconds_per_char=0.05) as (a, b),
+        client_for([a, b]) as client,
+        stream(client) as response,
+    ):
+        data = await response.read()
+        expected = b.audio("wav", TEXT)
+    assert data == expected
+    assert kinds(response) == ["primary:short_body", "backup:success"]
+    assert response.bytes_delivered == len(expected)
+
+
 async def test_no_deployment_delivering_raises_when_the_stream_is_entered() -> None:
     """Every deployment fails before its first byte: entering raises, with every attempt."""
     async with (
