@@ -1,9 +1,9 @@
 """Resilient text-to-speech for OpenAI-compatible speech endpoints, without a proxy.
 
-    from resilient_tts import SpeechClient
+from resilient_tts import SpeechClient
 
-    async with SpeechClient() as client:
-        speech = await client.audio.speech.create(model="kokoro", voice="alloy", input="Hello")
+async with SpeechClient() as client:
+    speech = await client.audio.speech.create(model="kokoro", voice="alloy", input="Hello")
 """
 
 from ._breaker import BreakerPolicy, BreakerState

@@ -104,7 +104,8 @@ class BreakerPolicy:
     """The failure rate trips only with at least this many calls in the window."""
     open_seconds: float = 5.0
     """Open time after the first trip (RESILIENT_TTS_BREAKER_OPEN_SECONDS)."""
-    max_open_seconds: float = 60.0  # a recovered server waits at most a minute (plus jitter) for its probe
+    # A recovered server waits at most a minute (plus jitter) for its probe.
+    max_open_seconds: float = 60.0
     """Cap on the open time as it grows over consecutive trips (before jitter)."""
     open_multiplier: float = 2.0
     """The open time grows by this factor on each consecutive trip."""

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from importlib.util import find_spec
 from typing import Any, Literal
 
-import sniffio
 import httpx2
+import sniffio
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultAsyncHttpxClient, Omit
 
 from ._config import Deployment

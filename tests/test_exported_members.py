@@ -1,4 +1,4 @@
-"""The public surface is exactly `__all__`, and every public object says it lives in `resilient_tts`."""
+"""The public surface is exactly `__all__`, and public objects say they live in `resilient_tts`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_all_is_the_public_surface() -> None:
 
 
 def test_public_objects_report_the_public_module() -> None:
-    """Tracebacks and docs say resilient_tts.SpeechClient, not resilient_tts._client.SpeechClient."""
+    """Tracebacks and docs say resilient_tts.SpeechClient, not resilient_tts._client.SpeechClient"""
     for name in resilient_tts.__all__:
         value = getattr(resilient_tts, name)
         if inspect.isclass(value) or inspect.isfunction(value):  # type aliases keep theirs
