@@ -327,7 +327,9 @@ async def _close_iterators(*iterators: Any) -> None:
     connection is closed, not reused, as for any body read in part.
     """
     for iterator in iterators:
-        if iterator is None:
+        # A finished async generator has no frame left: nothing to end, and a cancelled read
+        # costs a task cancellation on asyncio; this is every whole-body read's way out.
+        if iterator is None or getattr(iterator, "ag_frame", True) is None:
             continue
         with anyio.CancelScope() as drain:
             drain.cancel()

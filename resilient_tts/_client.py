@@ -187,9 +187,11 @@ class SpeechClient:
             served = await run_with_failover(pool, request, fetch, clock=anyio.current_time)
             # What normalization did (a mislabelled body, a transcode) is told on the attempt that
             # served, next to what adapt_request changed: never silent.
-            *tried, success = served.attempts
-            adaptations = (*success.adaptations, *served.value.notes)
-            attempts = (*tried, replace(success, adaptations=adaptations))
+            attempts = served.attempts
+            if served.value.notes:
+                *tried, success = attempts
+                adaptations = (*success.adaptations, *served.value.notes)
+                attempts = (*tried, replace(success, adaptations=adaptations))
             scope.served(served.deployment.name, attempts)
         audio = served.value
         return SpeechResponse(
