@@ -23,6 +23,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, omit
 
+from ._audio import LOSSLESS_PREFERENCE
 from ._classify import (
     FailureKind,
     Verdict,
@@ -47,9 +48,6 @@ __all__ = [
     "open_audio_stream",
 ]
 
-# Lossless formats to ask for when a deployment does not produce the requested one natively:
-# WAV carries its own sample rate, raw PCM does not, FLAC costs a decode.
-_LOSSLESS_PREFERENCE: tuple[ResponseFormat, ...] = ("wav", "pcm", "flac")
 # openai wraps errors before the headers; errors in the body come straight from httpx2 (openai's
 # aiohttp transport maps aiohttp's errors onto httpx2's).
 _TRANSPORT_ERRORS = (openai.APIConnectionError, httpx2.TransportError, OSError)
@@ -95,9 +93,9 @@ def adapt_request(deployment: Deployment, request: SpeechRequest) -> DeploymentR
         adaptations.append(f"voice {request.voice!r} -> {voice!r}")
     asked = request.response_format
     if asked not in deployment.formats:
-        asked = next(
-            (f for f in _LOSSLESS_PREFERENCE if f in deployment.formats), deployment.formats[0]
-        )
+        # The best lossless format it declares (the audio layer's order), else its first.
+        lossless = (f.value for f in LOSSLESS_PREFERENCE)
+        asked = next((f for f in lossless if f in deployment.formats), deployment.formats[0])
         adaptations.append(f"asked for {asked}, to be converted to {request.response_format}")
     speed, instructions = request.speed, request.instructions
     if speed is not None and not deployment.accepts_speed:

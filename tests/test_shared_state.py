@@ -115,8 +115,7 @@ class RedisServer:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
+def _running_redis_server() -> Iterator[RedisServer]:
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     server = RedisServer()
@@ -125,19 +124,17 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    yield from _running_redis_server()
 
 
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServer]:
     """A server this test alone may stop, pause and restart."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running_redis_server()
 
 
 @pytest.fixture
