@@ -40,8 +40,8 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from resilient_tts import BreakerPolicy, SpeechClient
-from resilient_tts._events import BreakerTransitioned, Event
-from resilient_tts._shared_state import SharedStats
+from resilient_tts._fleet._shared_state import SharedStats
+from resilient_tts._observe._events import BreakerTransitioned, Event
 from resilient_tts.testing import FakeSpeechServer, Fault
 
 # How the primary dies: every one of these reaches the server, so the server counts it.

@@ -36,7 +36,7 @@ from anyio.abc import SocketStream
 from openai import AsyncOpenAI
 
 from resilient_tts import Deployment, SpeechClient
-from resilient_tts._transport import build_openai_client
+from resilient_tts._engine._http import build_openai_client
 
 TEXT = "The quick brown fox jumps over the lazy dog."  # 0.44 s of audio at 0.01 s per char
 RATE = 24000

@@ -6,11 +6,26 @@ async with SpeechClient() as client:
     speech = await client.audio.speech.create(model="kokoro", voice="alloy", input="Hello")
 """
 
-from ._breaker import BreakerPolicy, BreakerState
-from ._classify import FailureKind
 from ._client import SpeechClient
-from ._config import Deployment, Pool
-from ._events import (
+from ._config._litellm import LiteLLMImport, import_litellm_config
+from ._config._values import Deployment, Pool
+from ._core._breaker import BreakerPolicy, BreakerState
+from ._core._classify import FailureKind
+from ._core._records import Attempt, AttemptOutcome, SpeechSegment
+from ._core._retry import RetryPolicy
+from ._engine._streaming import StreamedSpeechResponse
+from ._exceptions import (
+    AllDeploymentsFailedError,
+    AudioError,
+    ClientClosedError,
+    ConfigurationError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    ResilientTTSError,
+    StreamInterruptedError,
+    UnknownDeploymentError,
+)
+from ._observe._events import (
     AttemptFailed,
     AttemptStarted,
     AttemptSucceeded,
@@ -26,25 +41,10 @@ from ._events import (
     RequestStarted,
     SegmentSwitched,
 )
-from ._exceptions import (
-    AllDeploymentsFailedError,
-    AudioError,
-    ClientClosedError,
-    ConfigurationError,
-    DeadlineExceededError,
-    InvalidRequestError,
-    ResilientTTSError,
-    StreamInterruptedError,
-    UnknownDeploymentError,
-)
-from ._health import ClientHealth, DeploymentHealth, PoolHealth
-from ._litellm import LiteLLMImport, import_litellm_config
-from ._otel import OpenTelemetryHook
-from ._response import Attempt, AttemptOutcome, SpeechResponse, SpeechSegment
-from ._retry import RetryPolicy
-from ._streaming import StreamedSpeechResponse
-
-__version__ = "0.1.0"
+from ._observe._health import ClientHealth, DeploymentHealth, PoolHealth
+from ._observe._otel import OpenTelemetryHook
+from ._response import SpeechResponse
+from ._version import __version__ as __version__
 
 __all__ = [
     # the client and what it returns

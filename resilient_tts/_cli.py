@@ -30,17 +30,18 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 
 from ._client import SpeechClient
-from ._config import ALL_FORMATS, Deployment, Pool
-from ._events import AttemptFailed, AttemptSucceeded, Event
+from ._config._settings import ENV_PREFIX, Settings
+from ._config._values import ALL_FORMATS, Deployment, Pool
+from ._core._records import AttemptOutcome
+from ._core._retry import RetryPolicy
 from ._exceptions import (
     ConfigurationError,
     InvalidRequestError,
     ResilientTTSError,
     UnknownDeploymentError,
 )
-from ._response import AttemptOutcome, SpeechResponse
-from ._retry import RetryPolicy
-from ._settings import ENV_PREFIX, Settings
+from ._observe._events import AttemptFailed, AttemptSucceeded, Event
+from ._response import SpeechResponse
 
 __all__ = ["main"]
 
@@ -364,7 +365,7 @@ async def _probe_models(
     """GET {base_url}/models: proves the server answers and the key is accepted."""
     import openai
 
-    from ._transport import build_openai_client, choose_transport
+    from ._engine._http import build_openai_client, choose_transport
 
     url = _safe_url(deployment.base_url)
     client = build_openai_client(deployment, transport=choose_transport(settings.transport))
@@ -463,7 +464,7 @@ def _print_deployment(number: int, deployment: Deployment) -> None:
 
 
 def _run_import_litellm(args: argparse.Namespace) -> int:
-    from ._litellm import import_litellm_config
+    from ._config._litellm import import_litellm_config
 
     imported = import_litellm_config(args.path)
     for warning in imported.warnings:

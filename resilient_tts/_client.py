@@ -10,25 +10,26 @@ from typing import Any, Literal
 
 import anyio
 
-from ._attempt import AttemptError, DeploymentRequest, open_audio_stream
 from ._audio import AudioFormat, NormalizedAudio, encodable_rate, plan
-from ._breaker import BreakerPolicy
-from ._classify import FailureKind, verdict_for
-from ._config import Deployment, Pool, Timeouts
-from ._events import EventHook, RequestScope
+from ._config._request import SpeechRequest, validate_request
+from ._config._settings import Settings, load_settings
+from ._config._values import Deployment, Pool, Timeouts
+from ._core._breaker import BreakerPolicy
+from ._core._classify import FailureKind, verdict_for
+from ._core._records import SpeechSegment
+from ._core._retry import RetryPolicy
+from ._engine._attempt import AttemptError, DeploymentRequest, open_audio_stream
+from ._engine._failover import run_with_failover
+from ._engine._http import Transport, build_openai_client, choose_transport
+from ._engine._long_text import SpeechJob, is_long, synthesize_long
+from ._engine._pool import LiveDeployment, LivePool, build_live_pool
+from ._engine._streaming import SpeechStreamContext, StreamedSpeechResponse
 from ._exceptions import AudioError, ClientClosedError, InvalidRequestError, UnknownDeploymentError
-from ._failover import run_with_failover
-from ._health import ClientHealth, HealthLog, take_snapshot
-from ._logging import log_event, log_extra, logger
-from ._long_text import SpeechJob, is_long, synthesize_long
-from ._pool import LiveDeployment, LivePool, build_live_pool
-from ._request import SpeechRequest, validate_request
-from ._response import SpeechResponse, SpeechSegment
-from ._retry import RetryPolicy
-from ._settings import Settings, load_settings
-from ._shared_state import shared_state_from_settings
-from ._streaming import SpeechStreamContext, StreamedSpeechResponse
-from ._transport import Transport, build_openai_client, choose_transport
+from ._fleet._shared_state import shared_state_from_settings
+from ._observe._events import EventHook, RequestScope
+from ._observe._health import ClientHealth, HealthLog, take_snapshot
+from ._observe._logging import log_event, log_extra, logger
+from ._response import SpeechResponse
 
 __all__ = ["SpeechClient"]
 
@@ -170,9 +171,9 @@ class SpeechClient:
             with RequestScope(
                 self._hooks, pool=request.model, input_chars=len(request.input)
             ) as scope:
-                response = await synthesize_long(self._speech_job(request, pool))
-                scope.served(response.deployment, response.attempts)
-            return response
+                result = await synthesize_long(self._speech_job(request, pool))
+                scope.served(result.deployment, result.attempts)
+            return SpeechResponse.of(result)
         target_rate = self.settings.sample_rate
 
         async def fetch(deployment: LiveDeployment, sent: DeploymentRequest) -> NormalizedAudio:
@@ -273,7 +274,7 @@ class SpeechClient:
 
             client = SpeechClient.from_litellm_config("litellm_config.yaml")
         """
-        from ._litellm import import_litellm_config
+        from ._config._litellm import import_litellm_config
 
         imported = import_litellm_config(path)
         for warning in imported.warnings:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import anyio
 
-from ._breaker import BreakerPolicy, BreakerState
 from ._client import SpeechClient
-from ._config import Deployment
-from ._events import Event, FailedOver
+from ._config._values import Deployment
+from ._core._breaker import BreakerPolicy, BreakerState
+from ._core._records import Attempt, AttemptOutcome
 from ._exceptions import AllDeploymentsFailedError
-from ._health import DeploymentHealth
-from ._response import Attempt, AttemptOutcome
+from ._observe._events import Event, FailedOver
+from ._observe._health import DeploymentHealth
 from .testing import FakeSpeechServer, Fault
 
 __all__ = ["DemoOptions", "run_demo"]

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._response import Attempt
+    from ._core._records import Attempt
 
 __all__ = [
     "AllDeploymentsFailedError",

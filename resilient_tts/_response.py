@@ -2,61 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 
 import anyio
 
-from ._classify import FailureKind
+from ._core._records import Attempt, SpeechSegment, Synthesized
 
-__all__ = ["Attempt", "AttemptOutcome", "SpeechResponse", "SpeechSegment"]
-
-
-class AttemptOutcome(enum.StrEnum):
-    SUCCESS = "success"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # the breaker or a Retry-After cooldown kept us away; nothing was sent
-    CANCELLED = "cancelled"  # the caller cancelled, or a hedge lost the race
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try at one deployment, in the order the tries were made.
-
-    `adaptations` says what was changed for this deployment ("voice 'alloy' -> 'af_bella'",
-    "speed dropped: not accepted", "asked for wav, transcoded to mp3"), so nothing is silent.
-    """
-
-    deployment: str
-    outcome: AttemptOutcome
-    elapsed: float
-    error: str | None = None
-    kind: FailureKind | None = None
-    status_code: int | None = None
-    adaptations: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        text = f"{self.deployment}: {self.outcome.value} after {self.elapsed:.3f}s"
-        return f"{text} ({self.error})" if self.error else text
-
-
-@dataclass(frozen=True, slots=True)
-class SpeechSegment:
-    """One piece of a long text, as it was spoken: `text[start:end]` of the input, by
-    `deployment`, lasting `duration` seconds of the output (None when the audio was passed
-    through without decoding). A text that fit in one request is one segment."""
-
-    index: int
-    start: int
-    end: int
-    deployment: str
-    duration: float | None
-
-
-def describe_attempts(attempts: tuple[Attempt, ...] | list[Attempt]) -> str:
-    return "; ".join(str(attempt) for attempt in attempts) or "no deployment could be tried"
+__all__ = ["SpeechResponse"]
 
 
 class SpeechResponse:
@@ -86,6 +39,18 @@ class SpeechResponse:
         self.duration = duration
         # A long text's pieces (SPEC §5), in order; `deployment` is the first one's.
         self.segments = segments
+
+    @classmethod
+    def of(cls, result: Synthesized) -> SpeechResponse:
+        return cls(
+            result.content,
+            deployment=result.deployment,
+            attempts=result.attempts,
+            response_format=result.response_format,
+            sample_rate=result.sample_rate,
+            duration=result.duration,
+            segments=result.segments,
+        )
 
     def __repr__(self) -> str:
         return (

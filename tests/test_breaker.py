@@ -21,7 +21,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from resilient_tts._breaker import (
+from resilient_tts._core._breaker import (
     _WINDOW_SLOTS,
     BreakerPolicy,
     BreakerSnapshot,

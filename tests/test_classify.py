@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from resilient_tts._classify import (
+from resilient_tts._core._classify import (
     BreakerEffect,
     FailureKind,
     Retry,

@@ -40,7 +40,7 @@ import yaml
 from anyio.from_thread import start_blocking_portal
 
 from resilient_tts import SpeechClient
-from resilient_tts._settings import ENV_PREFIX, Settings
+from resilient_tts._config._settings import ENV_PREFIX, Settings
 from resilient_tts.testing import FakeSpeechServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -435,6 +435,6 @@ async def test_two_hundred_concurrent_requests_while_the_primary_dies() -> None:
 
 async def test_failure_kinds_cover_the_table() -> None:
     """Every FailureKind is a documented row (guards against a new kind slipping in silently)."""
-    from resilient_tts._classify import _TABLE
+    from resilient_tts._core._classify import _TABLE
 
     assert set(_TABLE) == set(FailureKind)

@@ -17,7 +17,7 @@ from resilient_tts import (
     SpeechClient,
     UnknownDeploymentError,
 )
-from resilient_tts._health import LATENCY_WINDOW, HealthLog, percentile
+from resilient_tts._observe._health import LATENCY_WINDOW, HealthLog, percentile
 from resilient_tts.testing import FakeSpeechServer, Fault
 from tests.helpers import MOCK_CLOCK, client_for, speak
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_tts._retry import (
+from resilient_tts._core._retry import (
     RetryBudget,
     RetryPolicy,
     backoff_delays,

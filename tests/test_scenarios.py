@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from resilient_tts import BreakerPolicy, Deployment, SpeechClient
-from resilient_tts._events import Event, FailedOver
+from resilient_tts._observe._events import Event, FailedOver
 from resilient_tts.testing import FakeSpeechServer, Fault
 from tests.helpers import MOCK_CLOCK, client_for, speak
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient_tts._segments import next_segment, split_spans, split_text
+from resilient_tts._core._segments import next_segment, split_spans, split_text
 
 
 def test_text_that_fits_is_one_segment_without_surrounding_whitespace() -> None:

@@ -30,9 +30,10 @@ import redis
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from resilient_tts import BreakerPolicy, BreakerState, ConfigurationError, SpeechClient
-from resilient_tts._events import BreakerTransitioned, Event
-from resilient_tts._redis_state import RedisStore
-from resilient_tts._shared_state import SharedCircuitBreaker, StoreKey
+from resilient_tts._fleet._redis_state import RedisStore
+from resilient_tts._fleet._shared_state import SharedCircuitBreaker
+from resilient_tts._fleet._store import StoreKey
+from resilient_tts._observe._events import BreakerTransitioned, Event
 from resilient_tts.testing import FakeSpeechServer, Fault
 from tests.helpers import deployments, speak
 

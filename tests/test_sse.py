@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_tts import AttemptOutcome, FailureKind
-from resilient_tts._sse import (
+from resilient_tts._core._sse import (
     AudioDelta,
     AudioDone,
     ServerSentEvent,

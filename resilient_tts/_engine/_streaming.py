@@ -35,22 +35,22 @@ from types import TracebackType
 import anyio
 from anyio.abc import TaskGroup
 
-from . import _events as events
-from ._attempt import AttemptError, AudioStream, DeploymentRequest, open_audio_stream
-from ._audio import AudioFormat, BodyCheck, StreamDecoder, StreamEncoder, passthrough
-from ._classify import FailureKind, Verdict, verdict_for
-from ._events import EventHook, RequestScope
-from ._exceptions import (
+from .._audio import AudioFormat, BodyCheck, StreamDecoder, StreamEncoder, passthrough
+from .._core._classify import FailureKind, Verdict, verdict_for
+from .._core._records import Attempt, SpeechSegment, describe_attempts
+from .._core._segments import next_segment
+from .._exceptions import (
     AllDeploymentsFailedError,
     AudioError,
     DeadlineExceededError,
     StreamInterruptedError,
 )
+from .._observe import _events as events
+from .._observe._events import EventHook, RequestScope
+from ._attempt import AttemptError, AudioStream, DeploymentRequest, open_audio_stream
 from ._failover import HeldAttempt, run_with_failover
 from ._long_text import INLINE_CPU_BYTES, SegmentAudio, SpeechJob, is_long, synthesize_segment
 from ._pool import LiveDeployment
-from ._response import Attempt, SpeechSegment, describe_attempts
-from ._segments import next_segment
 
 __all__ = ["SpeechStreamContext", "StreamedSpeechResponse"]
 

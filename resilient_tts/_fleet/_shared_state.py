@@ -40,17 +40,18 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
 
-from ._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker, Permit
-from ._exceptions import ConfigurationError
+from .._core._breaker import BreakerPolicy, BreakerState, BreakerTransition, CircuitBreaker, Permit
+from .._exceptions import ConfigurationError
+from ._store import NOTHING_SHARED, ProbeAnswer, SharedRecord, SharedStore, StoreKey
 
 if TYPE_CHECKING:
-    from ._settings import Settings
+    from .._config._settings import Settings
 
 __all__ = [
     "ProbeAnswer",
@@ -66,10 +67,6 @@ __all__ = [
 logger = logging.getLogger("resilient_tts")
 
 T = TypeVar("T")
-# Whether a fleet-wide probe permit was granted: "taken" (all in use), "closed" (a probe
-# elsewhere succeeded), "open" (a probe elsewhere failed: open again for a while).
-ProbeAnswer = Literal["granted", "taken", "closed", "open"]
-
 # After a failed store call the store is left alone for this long, doubling up to the cap:
 # a dead Redis costs one failed call per pause, not one per request.
 _FIRST_PAUSE = 0.1
@@ -81,99 +78,6 @@ _EXTEND_TOLERANCE = 0.25
 STALE_INTERVALS = 10
 # A probe permit outlives the attempt timeout by this much before the store forgets it.
 PROBE_TTL_MARGIN = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class StoreKey:
-    """Where one deployment's shared state lives in the store, and how long a streak lasts."""
-
-    pool: str
-    deployment: str
-    streak_window: float  # a fleet-wide failure streak older than this starts again
-
-
-@dataclass(frozen=True, slots=True)
-class SharedRecord:
-    """One deployment's shared state as the store returned it.
-
-    Durations are seconds from when the store answered (``received_at``, `time.monotonic`):
-    use `open_left` and `cooldown_left`, which age them.
-    """
-
-    event: str | None  # id of the last change of state, None if there never was one
-    state: Literal["open", "closed"]
-    open_remaining: float  # 0 while closed, or open but elapsed (half-open fleet-wide)
-    cooldown_remaining: float
-    reason: str
-    trips: int  # consecutive trips across the fleet; grows the open time
-    streak: int  # consecutive failures across the fleet while closed
-    probes: int  # probe permits held across the fleet
-    received_at: float = field(default_factory=time.monotonic)
-
-    def open_left(self) -> float:
-        return max(0.0, self.open_remaining - (time.monotonic() - self.received_at))
-
-    def cooldown_left(self) -> float:
-        return max(0.0, self.cooldown_remaining - (time.monotonic() - self.received_at))
-
-
-_NOTHING_SHARED = SharedRecord(None, "closed", 0.0, 0.0, "", 0, 0, 0, received_at=0.0)
-
-
-class SharedStore(Protocol):
-    """Atomic operations on shared breaker state. Called on one worker thread, one at a time;
-    any exception means "unavailable". `_redis_state.RedisStore` is the implementation."""
-
-    def read(self, keys: Sequence[StoreKey]) -> list[SharedRecord]:
-        """The records of ``keys``, in order, in one round trip."""
-        ...
-
-    def publish_open(
-        self, key: StoreKey, seconds: float, reason: str, event: str, *, trip: bool
-    ) -> SharedRecord:
-        """Open for ``seconds`` unless a longer open time runs; ``trip`` counts a new trip."""
-        ...
-
-    def publish_closed(self, key: StoreKey, reason: str, event: str) -> SharedRecord:
-        """Closed again (a probe succeeded): clears the open time, trips, streak and probes."""
-        ...
-
-    def publish_cooldown(self, key: StoreKey, seconds: float) -> SharedRecord:
-        """Cool down for ``seconds``; never shortens a longer cool-down."""
-        ...
-
-    def record_failure(self, key: StoreKey) -> SharedRecord:
-        """One more failure in the fleet-wide streak (ignored while open)."""
-        ...
-
-    def record_success(self, key: StoreKey) -> SharedRecord:
-        """A success: the fleet-wide streak starts again."""
-        ...
-
-    def acquire_probe(
-        self,
-        key: StoreKey,
-        token: str,
-        limit: int,
-        ttl: float,
-        known_event: str | None,
-        *,
-        forced: bool,
-    ) -> tuple[ProbeAnswer, float]:
-        """Take one of ``limit`` fleet-wide probe permits for ``ttl`` seconds, if one is free.
-
-        Refused as "closed" when a probe elsewhere closed the breaker after ``known_event``,
-        and (unless ``forced``) as "open", with the seconds left, when one re-opened it.
-        """
-        ...
-
-    def release_probe(self, key: StoreKey, token: str) -> None:
-        """Give a probe permit back (no-op if it expired or was never granted)."""
-        ...
-
-    def close(self) -> None:
-        """Close connections."""
-        ...
 
 
 @dataclass(slots=True)
@@ -542,7 +446,7 @@ class SharedCircuitBreaker(CircuitBreaker):
         self._applied_event: str | None = None
         self._min_seq = 0
         self._quiet = False
-        self._remote = _NOTHING_SHARED
+        self._remote = NOTHING_SHARED
         self._success_reported = False
         self._tokens: dict[Permit, str] = {}
 

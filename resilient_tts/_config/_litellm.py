@@ -33,9 +33,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from ._config import Deployment, Pool
-from ._exceptions import ConfigurationError
-from ._retry import RetryPolicy
+from .._core._retry import RetryPolicy
+from .._exceptions import ConfigurationError
+from ._values import Deployment, Pool
 
 __all__ = ["LiteLLMImport", "import_litellm_config"]
 

@@ -24,17 +24,17 @@ from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio
 
-from . import _events as events
+from .._config._request import SpeechRequest
+from .._core._breaker import Permit
+from .._core._classify import BreakerEffect, FailureKind, Retry, Verdict, verdict_for
+from .._core._records import Attempt, AttemptOutcome, describe_attempts
+from .._core._retry import retry_wait
+from .._exceptions import AllDeploymentsFailedError, DeadlineExceededError
+from .._observe import _events as events
+from .._observe._logging import log_extra
 from ._attempt import AttemptError, DeploymentRequest, adapt_request, first_byte_at
-from ._breaker import Permit
-from ._classify import BreakerEffect, FailureKind, Retry, Verdict, verdict_for
-from ._exceptions import AllDeploymentsFailedError, DeadlineExceededError
 from ._hedge import Contestant, race
-from ._logging import log_extra
 from ._pool import LiveDeployment, LivePool
-from ._request import SpeechRequest
-from ._response import Attempt, AttemptOutcome, describe_attempts
-from ._retry import retry_wait
 
 __all__ = ["AttemptFunction", "HeldAttempt", "Served", "run_with_failover"]
 

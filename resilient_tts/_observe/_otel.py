@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._breaker import BreakerState
+from .._core._breaker import BreakerState
+from .._exceptions import ConfigurationError
 from ._events import (
     AttemptFailed,
     AttemptStarted,
@@ -54,7 +55,6 @@ from ._events import (
     RequestStarted,
     SegmentSwitched,
 )
-from ._exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -115,7 +115,7 @@ class OpenTelemetryHook:
             raise ConfigurationError(
                 "OpenTelemetryHook needs the OpenTelemetry API: pip install 'resilient-tts[otel]'"
             ) from exc
-        from . import __version__
+        from .._version import __version__
 
         self._context = context
         self._trace = trace

@@ -9,8 +9,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from ._config import ALL_FORMATS, ResponseFormat
-from ._exceptions import InvalidRequestError
+from .._exceptions import InvalidRequestError
+from ._values import ALL_FORMATS, ResponseFormat
 
 __all__ = ["SpeechRequest", "validate_request"]
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 
 from openai import AsyncOpenAI
 
-from ._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker, Permit
-from ._config import Deployment, Pool, Timeouts
-from ._events import BreakerTransitioned, Event, EventHook, emit
-from ._logging import breaker_log_level, log_extra
-from ._retry import RetryBudget, RetryPolicy
-from ._shared_state import PROBE_TTL_MARGIN, SharedCircuitBreaker, SharedState
+from .._config._values import Deployment, Pool, Timeouts
+from .._core._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker, Permit
+from .._core._retry import RetryBudget, RetryPolicy
+from .._fleet._shared_state import PROBE_TTL_MARGIN, SharedCircuitBreaker, SharedState
+from .._observe._events import BreakerTransitioned, Event, EventHook, emit
+from .._observe._logging import breaker_log_level, log_extra
 
 __all__ = ["LivePool", "LiveDeployment", "build_live_pool"]
 

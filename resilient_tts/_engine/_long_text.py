@@ -22,16 +22,16 @@ from typing import Any
 
 import anyio
 
-from . import _events as events
+from .._audio import AudioFormat, PcmAudio, decode_to_pcm, encodable_rate, encode_pcm
+from .._config._request import SpeechRequest
+from .._core._classify import FailureKind, verdict_for
+from .._core._records import Attempt, SpeechSegment, Synthesized
+from .._core._segments import next_segment
+from .._exceptions import AudioError
+from .._observe import _events as events
 from ._attempt import AttemptError, DeploymentRequest, open_audio_stream
-from ._audio import AudioFormat, PcmAudio, decode_to_pcm, encodable_rate, encode_pcm
-from ._classify import FailureKind, verdict_for
-from ._exceptions import AudioError
 from ._failover import run_with_failover
 from ._pool import LiveDeployment, LivePool
-from ._request import SpeechRequest
-from ._response import Attempt, SpeechResponse, SpeechSegment
-from ._segments import next_segment
 
 __all__ = ["SegmentAudio", "SpeechJob", "is_long", "synthesize_long", "synthesize_segment"]
 
@@ -147,7 +147,7 @@ async def decode_segment(
         ) from exc
 
 
-async def synthesize_long(job: SpeechJob) -> SpeechResponse:
+async def synthesize_long(job: SpeechJob) -> Synthesized:
     """The whole text, segment by segment, as one file in the requested format."""
     target = AudioFormat(job.request.response_format)
     joined = bytearray()
@@ -171,7 +171,7 @@ async def synthesize_long(job: SpeechJob) -> SpeechResponse:
     content = (
         encode() if len(pcm.samples) <= INLINE_CPU_BYTES else await anyio.to_thread.run_sync(encode)
     )
-    return SpeechResponse(
+    return Synthesized(
         content,
         deployment=segments[0].deployment,
         attempts=tuple(attempts),

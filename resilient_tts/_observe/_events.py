@@ -15,18 +15,17 @@ an API key and never audio. Every event has a `request_id`; `RequestStarted` and
 
 from __future__ import annotations
 
-import itertools
-import logging
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar, Token
+from contextvars import Token
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import anyio
 
-from ._breaker import BreakerState
-from ._classify import FailureKind
-from ._response import Attempt, AttemptOutcome
+from .._core._breaker import BreakerState
+from .._core._classify import FailureKind
+from .._core._records import Attempt, AttemptOutcome
+from ._context import current_request, current_request_id, log_extra, logger, next_request_id
 
 __all__ = [
     "AttemptFailed",
@@ -47,18 +46,6 @@ __all__ = [
     "current_request_id",
     "emit",
 ]
-
-logger = logging.getLogger("resilient_tts")
-
-# The request being served in this task (and the tasks it starts), so that every event built
-# on its behalf carries its id without the code that emits it having to pass it along.
-_current_request: ContextVar[int | None] = ContextVar("resilient_tts_request", default=None)
-_request_ids = itertools.count(1)
-
-
-def current_request_id() -> int | None:
-    """The id of the request this task is serving, or None outside a request."""
-    return _current_request.get()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -186,8 +173,6 @@ def emit(hooks: Sequence[EventHook], event: Event) -> None:
         try:
             hook(event)
         except Exception:
-            from ._logging import log_extra  # not at the top: _logging reads these events
-
             extra = log_extra(event.pool, event.deployment)
             logger.exception("event hook %r raised; ignored", hook, extra=extra)
 
@@ -216,7 +201,7 @@ class RequestScope:
         streaming: bool = False,
         clock: Callable[[], float] = anyio.current_time,
     ) -> None:
-        self.request_id = next(_request_ids)
+        self.request_id = next_request_id()
         self._hooks = hooks
         self._pool = pool
         self._input_chars = input_chars
@@ -228,7 +213,7 @@ class RequestScope:
         self._attempts: Sequence[Attempt] = ()
 
     def __enter__(self) -> RequestScope:
-        self._token = _current_request.set(self.request_id)
+        self._token = current_request.set(self.request_id)
         self._started = self._clock()
         started = RequestStarted(
             pool=self._pool, input_chars=self._input_chars, streaming=self._streaming
@@ -262,6 +247,6 @@ class RequestScope:
         emit(self._hooks, finished)
         if self._token is not None:
             try:
-                _current_request.reset(self._token)
+                current_request.reset(self._token)
             except ValueError:  # left in another task than it was entered in (a stream)
-                _current_request.set(None)
+                current_request.set(None)

@@ -23,8 +23,10 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, omit
 
-from ._audio import LOSSLESS_PREFERENCE
-from ._classify import (
+from .._audio import LOSSLESS_PREFERENCE
+from .._config._request import SpeechRequest
+from .._config._values import Deployment, ResponseFormat, Timeouts
+from .._core._classify import (
     FailureKind,
     Verdict,
     classify_exception,
@@ -33,10 +35,8 @@ from ._classify import (
     redact,
     verdict_for,
 )
-from ._config import Deployment, ResponseFormat, Timeouts
-from ._request import SpeechRequest
-from ._sse import AudioDelta, AudioDone, SpeechStreamError, SseParser, speech_event
-from ._transport import NO_AUTHORIZATION
+from .._core._sse import AudioDelta, AudioDone, SpeechStreamError, SseParser, speech_event
+from ._http import NO_AUTHORIZATION
 
 __all__ = [
     "AttemptError",

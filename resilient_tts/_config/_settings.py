@@ -26,8 +26,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from ._config import Pool, Seconds, describe_validation_error, validating
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
+from ._values import Pool, Seconds, describe_validation_error, validating
 
 __all__ = ["ENV_PREFIX", "Settings", "load_settings"]
 

@@ -19,7 +19,7 @@ import httpx2
 import sniffio
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultAsyncHttpxClient, Omit
 
-from ._config import Deployment
+from .._config._values import Deployment
 
 __all__ = ["NO_AUTHORIZATION", "Transport", "build_openai_client", "choose_transport"]
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ._breaker import BreakerState
+from .._core._breaker import BreakerState
+from ._context import log_extra, logger
 from ._events import (
     AttemptStarted,
     AttemptSucceeded,
@@ -38,33 +39,9 @@ from ._events import (
     RequestFinished,
     RequestStarted,
     SegmentSwitched,
-    current_request_id,
 )
 
 __all__ = ["breaker_log_level", "log_event", "log_extra", "logger"]
-
-logger = logging.getLogger("resilient_tts")
-
-
-def log_extra(
-    pool: str | None,
-    deployment: str | None,
-    *,
-    failure: str | None = None,
-    status_code: int | None = None,
-    breaker_state: str | None = None,
-    elapsed: float | None = None,
-) -> dict[str, Any]:
-    """The structured extras every ``resilient_tts`` log record carries, all keys always present."""
-    return {
-        "pool": pool or None,
-        "deployment": deployment or None,
-        "failure": failure,
-        "status_code": status_code,
-        "breaker_state": breaker_state,
-        "elapsed": elapsed,
-        "request_id": current_request_id(),
-    }
 
 
 def log_event(event: Event) -> None:

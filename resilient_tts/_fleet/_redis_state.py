@@ -25,8 +25,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ._exceptions import ConfigurationError
-from ._shared_state import ProbeAnswer, SharedRecord, StoreKey
+from .._exceptions import ConfigurationError
+from ._store import ProbeAnswer, SharedRecord, StoreKey
 
 __all__ = ["RedisStore"]
 

@@ -21,12 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
-from ._breaker import BreakerState
-from ._classify import FailureKind
+from .._core._breaker import BreakerState, CircuitBreaker
+from .._core._classify import FailureKind
 from ._events import AttemptFailed, AttemptSucceeded, Event
-from ._pool import LiveDeployment, LivePool
 
 __all__ = ["ClientHealth", "DeploymentHealth", "HealthLog", "PoolHealth", "take_snapshot"]
 
@@ -153,7 +152,23 @@ class HealthLog:
         return self._last_errors.get((pool, deployment))
 
 
-def take_snapshot(pools: Mapping[str, LivePool], log: HealthLog, *, now: float) -> ClientHealth:
+class ObservedDeployment(Protocol):
+    """What a health snapshot reads of a deployment (the engine's `LiveDeployment`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+
+
+class ObservedPool(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def deployments(self) -> Sequence[ObservedDeployment]: ...
+
+
+def take_snapshot(pools: Mapping[str, ObservedPool], log: HealthLog, *, now: float) -> ClientHealth:
     """The health of every pool; `now` is the breakers' clock (``anyio.current_time()``)."""
     wall = time.time()
     return ClientHealth(
@@ -169,7 +184,7 @@ def take_snapshot(pools: Mapping[str, LivePool], log: HealthLog, *, now: float) 
 
 
 def _deployment_health(
-    pool: str, deployment: LiveDeployment, log: HealthLog, now: float, wall: float
+    pool: str, deployment: ObservedDeployment, log: HealthLog, now: float, wall: float
 ) -> DeploymentHealth:
     snapshot = deployment.breaker.snapshot()
     ready_in = deployment.breaker.ready_in()

@@ -1,0 +1,1 @@
+"""Fleet state: breaker state shared across processes through Redis (optional extra)."""
