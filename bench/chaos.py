@@ -265,7 +265,7 @@ async def one_request(
     client: SpeechClient,
     report: ChaosReport,
     text: str,
-    response_format: str,
+    response_format: Any,
     streaming: bool,
     cancel_after: float | None,
 ) -> None:
@@ -308,7 +308,7 @@ async def one_request(
     report.outcomes[outcome] += 1
 
 
-async def streamed(client: SpeechClient, text: str, response_format: str) -> bytes:
+async def streamed(client: SpeechClient, text: str, response_format: Any) -> bytes:
     parts = []
     async with client.audio.speech.with_streaming_response.create(
         model="kokoro",

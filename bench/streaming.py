@@ -88,7 +88,7 @@ def raw_first_byte(client: AsyncOpenAI, fmt: str) -> FirstByte:
     return call
 
 
-def ours_first_byte(client: SpeechClient, fmt: str) -> FirstByte:
+def ours_first_byte(client: SpeechClient, fmt: Any) -> FirstByte:
     async def call() -> float:
         started = time.perf_counter()
         async with client.audio.speech.with_streaming_response.create(
@@ -186,7 +186,7 @@ async def serve_hour(seconds: float) -> None:
     await listener.serve(handle)
 
 
-async def memory_bench(hours: float, fmt: str) -> dict[str, Any]:
+async def memory_bench(hours: float, fmt: Any) -> dict[str, Any]:
     server, url = start(__file__, "--serve-hour", str(hours * 3600))
     try:
         deployment = Deployment(name="hour", base_url=url, model="kokoro", formats=["wav"])

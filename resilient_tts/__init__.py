@@ -13,7 +13,6 @@ from ._core._breaker import BreakerPolicy, BreakerState
 from ._core._classify import FailureKind
 from ._core._records import Attempt, AttemptOutcome, SpeechSegment
 from ._core._retry import RetryPolicy
-from ._engine._streaming import StreamedSpeechResponse
 from ._exceptions import (
     AllDeploymentsFailedError,
     AudioError,
@@ -43,7 +42,7 @@ from ._observe._events import (
 )
 from ._observe._health import ClientHealth, DeploymentHealth, PoolHealth
 from ._observe._otel import OpenTelemetryHook
-from ._response import SpeechResponse
+from ._response import SpeechResponse, StreamedSpeechResponse
 from ._version import __version__ as __version__
 
 __all__ = [

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -186,7 +186,7 @@ def _run_say(args: argparse.Namespace) -> int:
     return OK
 
 
-async def _say(args: argparse.Namespace, text: str, response_format: str) -> SpeechResponse:
+async def _say(args: argparse.Namespace, text: str, response_format: Any) -> SpeechResponse:
     progress = _Progress(sys.stderr, len(text))
     async with SpeechClient(hooks=[progress]) as client:
         model = args.model or _only_model(client.settings)

@@ -1,43 +1,55 @@
-"""`SpeechClient`: the openai SDK's `audio.speech` surface, with failover underneath."""
+"""`SpeechClient`: an `openai.AsyncOpenAI` whose requests are served by the engine.
+
+Its http client runs over `SpeechTransport`, so everything openai does (parameters,
+`extra_body`, results, streamed and raw responses, `with_options`) is openai's own; the
+client only validates its configuration, builds the engine once, and adds what openai has
+no word for (`deployment`, `attempts`, `health()`, `force_open()`, `reset()`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 import anyio
+import httpx2
+from anyio.abc import TaskGroup
+from openai import NOT_GIVEN, AsyncOpenAI, NotGiven
+from openai._legacy_response import HttpxBinaryResponseContent
+from openai._response import AsyncResponseContextManager, async_to_custom_streamed_response_wrapper
+from openai._utils import is_given
+from openai.resources.audio import AsyncAudio, AsyncSpeech
 
-from ._audio import AudioFormat, NormalizedAudio, encodable_rate, plan
-from ._config._request import SpeechRequest, validate_request
+from ._config._request import validate_request
 from ._config._settings import Settings, load_settings
-from ._config._values import Deployment, Pool, Timeouts
+from ._config._values import Deployment, Pool
 from ._core._breaker import BreakerPolicy
-from ._core._classify import FailureKind, verdict_for
-from ._core._records import SpeechSegment
 from ._core._retry import RetryPolicy
-from ._engine._attempt import AttemptError, DeploymentRequest, open_audio_stream
-from ._engine._failover import run_with_failover
-from ._engine._http import Transport, build_openai_client, choose_transport
-from ._engine._long_text import SpeechJob, is_long, synthesize_long
-from ._engine._pool import LiveDeployment, LivePool, build_live_pool
-from ._engine._streaming import SpeechStreamContext, StreamedSpeechResponse
-from ._exceptions import AudioError, ClientClosedError, InvalidRequestError, UnknownDeploymentError
-from ._fleet._shared_state import shared_state_from_settings
-from ._observe._events import EventHook, RequestScope
+from ._engine._engine import SpeechEngine
+from ._engine._http import Transport
+from ._engine._pool import LiveDeployment, LivePool
+from ._engine._transport import SpeechTransport
+from ._exceptions import UnknownDeploymentError
+from ._fleet._shared_state import SharedState
+from ._observe._events import EventHook
 from ._observe._health import ClientHealth, HealthLog, take_snapshot
 from ._observe._logging import log_event, log_extra, logger
-from ._response import SpeechResponse
+from ._response import SpeechResponse, StreamedSpeechResponse
 
-__all__ = ["SpeechClient"]
+__all__ = ["BASE_URL", "PLACEHOLDER_KEY", "SpeechClient"]
 
 PoolLike = Pool | Sequence[Deployment | Mapping[str, Any]] | Mapping[str, Any]
+# What openai's own client holds: never a deployment's address or key. Requests never leave
+# the process through them; the transport routes each by its `model`.
+BASE_URL = "http://resilient-tts.invalid/v1"
+PLACEHOLDER_KEY = "resilient-tts-unused"
 
 
-class SpeechClient:
-    """A drop-in for `openai.AsyncOpenAI().audio.speech` that fails over across deployments.
+class SpeechClient(AsyncOpenAI):
+    """An `openai.AsyncOpenAI` that fails over across the deployments of each logical model.
 
     ::
 
@@ -48,7 +60,9 @@ class SpeechClient:
         SpeechClient(config_file="tts.toml", first_byte_timeout=3)
 
     Arguments beat ``RESILIENT_TTS_*`` variables, which beat `.env`, which beats the settings
-    file. Bad configuration raises `ConfigurationError` here, never later.
+    file. Bad configuration raises `ConfigurationError` here, never later. Anything that
+    takes an `AsyncOpenAI` takes it; anything that takes only an http client takes
+    `http_client`. openai's own retries stay off: the engine decides every retry.
     """
 
     def __init__(
@@ -84,17 +98,64 @@ class SpeechClient:
             overrides["models"] = {name: _as_pool(pool) for name, pool in models.items()}
         elif models is not None:  # pydantic says what is wrong with it
             overrides["models"] = models
-        self.settings: Settings = load_settings(**overrides)
-        self._breaker_policy = breaker or BreakerPolicy()
-        self._retry_policy = retry or RetryPolicy()
+        settings: Settings = load_settings(**overrides)
         self._health_log = HealthLog()
         # The health log and the log lines see every event first; the caller's hooks follow.
-        self._hooks: tuple[EventHook, ...] = (self._health_log, log_event, *hooks)
-        self._pools: dict[str, LivePool] | None = None
-        # Breaker state shared with a fleet through Redis (RESILIENT_TTS_REDIS_URL), or None.
-        self._shared = shared_state_from_settings(self.settings)
-        self._closed = False
-        self.audio = _Audio(self)
+        engine = SpeechEngine(
+            settings,
+            breaker=breaker or BreakerPolicy(),
+            retry=retry or RetryPolicy(),
+            hooks=(self._health_log, log_event, *hooks),
+        )
+        self._engine = engine
+        self._background: TaskGroup | None = None
+        self._init_openai(
+            httpx2.AsyncClient(transport=SpeechTransport(engine), timeout=None),
+            timeout=None,
+            max_retries=0,
+            default_headers=None,
+            default_query=None,
+        )
+
+    def _init_openai(
+        self,
+        http_client: httpx2.AsyncClient,
+        *,
+        timeout: float | httpx2.Timeout | None,
+        max_retries: int,
+        default_headers: Mapping[str, str] | None,
+        default_query: Mapping[str, object] | None,
+    ) -> None:
+        AsyncOpenAI.__init__(
+            self,
+            api_key=PLACEHOLDER_KEY,
+            organization=None,
+            project=None,
+            base_url=BASE_URL,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+            default_query=default_query,
+            http_client=http_client,
+        )
+        # openai computes its platform headers in a worker thread on a client's first
+        # request; once per process is enough (and trio's virtual clock has no thread to
+        # jump past in tests).
+        self._platform = _platform()
+
+    @property
+    def settings(self) -> Settings:
+        return self._engine.settings
+
+    @property
+    def http_client(self) -> httpx2.AsyncClient:
+        """The `httpx2.AsyncClient` over this client's engine, for code that builds its own
+        `AsyncOpenAI` (Pipecat): whatever base URL and key it is given, speech requests are
+        served by these pools, and only each deployment's own key goes out. ::
+
+            AsyncOpenAI(api_key="unused", base_url="http://tts/v1", http_client=client.http_client)
+        """
+        return self._client
 
     def __repr__(self) -> str:
         models = {
@@ -102,8 +163,20 @@ class SpeechClient:
         }
         return f"<SpeechClient models={models}>"
 
-    async def __aenter__(self) -> SpeechClient:
+    @functools.cached_property
+    def audio(self) -> _Audio:
+        return _Audio(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Builds the pools, and opens the task group in which a streamed long text speaks
+        its next segment while the caller still receives the current one."""
         self._live_pools()
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        self._background = group
+        self._engine.spawn = group.start_soon
         return self
 
     async def __aexit__(
@@ -112,110 +185,57 @@ class SpeechClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        group, self._background = self._background, None
+        try:
+            await self.close()
+        finally:
+            if group is not None:
+                self._engine.spawn = None
+                group.cancel_scope.cancel()
+                await group.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
-        """Closes every connection. The client cannot be used afterwards."""
-        self._closed = True
-        pools, self._pools = self._pools, None
-        for pool in (pools or {}).values():
-            for deployment in pool.deployments:
-                client, deployment.openai = deployment.openai, None
-                if client is not None:
-                    with anyio.CancelScope(shield=True):
-                        await client.close()
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            await shared.aclose()  # gives back fleet-wide probe permits; bounded, shielded
+        """Closes every connection; requests still running raise `ClientClosedError`.
+        The client (and every copy of it) cannot be used afterwards."""
+        await self.close()
 
+    def copy(
+        self,
+        *,
+        timeout: float | httpx2.Timeout | NotGiven | None = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        default_headers: Mapping[str, str] | None = None,
+        set_default_headers: Mapping[str, str] | None = None,
+        default_query: Mapping[str, object] | None = None,
+        set_default_query: Mapping[str, object] | None = None,
+        **_ignored: Any,
+    ) -> Self:
+        """openai's `copy`/`with_options`: a client with other options, sharing these pools,
+        breakers and connections. Base URL and key are not options here: the pools decide."""
+        clone = type(self).__new__(type(self))
+        clone._engine = self._engine
+        clone._health_log = self._health_log
+        clone._background = None
+        headers = {**self._custom_headers, **(default_headers or {})}
+        query = {**self._custom_query, **(default_query or {})}
+        clone._init_openai(
+            self._client,
+            timeout=self.timeout if isinstance(timeout, NotGiven) else timeout,
+            max_retries=self.max_retries if isinstance(max_retries, NotGiven) else max_retries,
+            default_headers=set_default_headers if set_default_headers is not None else headers,
+            default_query=set_default_query if set_default_query is not None else query,
+        )
+        return clone
+
+    with_options = copy
+
+    # Test and tool access to the engine's pools and fleet state.
     def _live_pools(self) -> dict[str, LivePool]:
-        """Built on first use inside the event loop: breakers and budgets read its clock."""
-        if self._closed:
-            raise ClientClosedError("this SpeechClient was closed; build a new one")
-        if self._pools is None:
-            s = self.settings
-            defaults = Timeouts(
-                s.deadline, s.attempt_timeout, s.first_byte_timeout, s.stall_timeout
-            )
-            self._pools = {
-                name: build_live_pool(
-                    name,
-                    pool,
-                    defaults=defaults,
-                    # An explicit setting (argument, variable, file) beats BreakerPolicy's own.
-                    breaker_open_seconds=(
-                        s.breaker_open_seconds
-                        if "breaker_open_seconds" in s.model_fields_set
-                        else self._breaker_policy.open_seconds
-                    ),
-                    breaker_policy=self._breaker_policy,
-                    retry=self._retry_policy,
-                    clock=anyio.current_time,
-                    hooks=self._hooks,
-                    shared=self._shared,
-                )
-                for name, pool in s.models.items()
-            }
-        return self._pools
+        return self._engine.pools()
 
-    def _openai_for(self, deployment: LiveDeployment) -> Any:
-        if deployment.openai is None:
-            kind = choose_transport(self.settings.transport)
-            deployment.openai = build_openai_client(deployment.config, transport=kind)
-        return deployment.openai
-
-    async def _create(self, request: SpeechRequest) -> SpeechResponse:
-        pool = self._live_pools()[request.model]
-        if is_long(request.input, pool):
-            # Some deployment cannot take it in one request: segment by segment (SPEC §5).
-            with RequestScope(
-                self._hooks, pool=request.model, input_chars=len(request.input)
-            ) as scope:
-                result = await synthesize_long(self._speech_job(request, pool))
-                scope.served(result.deployment, result.attempts)
-            return SpeechResponse.of(result)
-        target_rate = self.settings.sample_rate
-
-        async def fetch(deployment: LiveDeployment, sent: DeploymentRequest) -> NormalizedAudio:
-            client = self._openai_for(deployment)
-            async with open_audio_stream(
-                client, deployment.config, request, sent, deployment.timeouts
-            ) as stream:
-                body = await stream.read_all()
-            return await _normalize(body, sent, deployment, request, target_rate)
-
-        with RequestScope(self._hooks, pool=request.model, input_chars=len(request.input)) as scope:
-            served = await run_with_failover(pool, request, fetch, clock=anyio.current_time)
-            # What normalization did (a mislabelled body, a transcode) is told on the attempt that
-            # served, next to what adapt_request changed: never silent.
-            attempts = served.attempts
-            if served.value.notes:
-                *tried, success = attempts
-                adaptations = (*success.adaptations, *served.value.notes)
-                attempts = (*tried, replace(success, adaptations=adaptations))
-            scope.served(served.deployment.name, attempts)
-        audio = served.value
-        return SpeechResponse(
-            audio.content,
-            deployment=served.deployment.name,
-            attempts=attempts,
-            response_format=request.response_format,
-            sample_rate=audio.sample_rate,
-            duration=audio.duration,
-            segments=(
-                SpeechSegment(0, 0, len(request.input), served.deployment.name, audio.duration),
-            ),
-        )
-
-    def _stream(self, request: SpeechRequest) -> SpeechStreamContext:
-        pool = self._live_pools()[request.model]
-        return SpeechStreamContext(
-            StreamedSpeechResponse(self._speech_job(request, pool), hooks=self._hooks)
-        )
-
-    def _speech_job(self, request: SpeechRequest, pool: LivePool) -> SpeechJob:
-        rate = encodable_rate(AudioFormat(request.response_format), self.settings.sample_rate)
-        return SpeechJob(pool, request, self._openai_for, rate)
+    @property
+    def _shared(self) -> SharedState | None:
+        return self._engine.shared
 
     # -- operating it ---------------------------------------------------------------------
 
@@ -290,31 +310,11 @@ class SpeechClient:
         return found
 
 
-async def _normalize(
-    body: bytes,
-    sent: DeploymentRequest,
-    deployment: LiveDeployment,
-    request: SpeechRequest,
-    target_rate: int,
-) -> NormalizedAudio:
-    try:
-        # A sniff and a header walk: cheap, and enough to reject most bodies that are not audio.
-        conversion = plan(
-            body,
-            declared=AudioFormat(sent.asked_format),
-            declared_rate=deployment.config.sample_rate,
-            target=AudioFormat(request.response_format),
-            target_rate=target_rate,
-        )
-        # A pass-through or a short transcode stays on the event loop; longer transcodes (100 ms
-        # and more for a few seconds of mp3) go to a worker thread so other requests carry on.
-        if conversion.is_brief:
-            return conversion.run()
-        return await anyio.to_thread.run_sync(conversion.run)
-    except AudioError as exc:
-        raise AttemptError(
-            verdict_for(FailureKind.NOT_AUDIO, f"HTTP 200 but not usable audio: {exc}")
-        ) from exc
+@functools.cache
+def _platform() -> Any:
+    from openai._base_client import get_platform
+
+    return get_platform()
 
 
 def _as_pool(value: PoolLike) -> Any:
@@ -328,113 +328,45 @@ def _as_pool(value: PoolLike) -> Any:
     return {"deployments": list(value)}
 
 
-def _given(value: Any) -> Any:
-    """openai's `omit` / `NOT_GIVEN` mean "not given", as they do in the SDK."""
-    return None if type(value).__name__ in ("Omit", "NotGiven") else value
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
 
 
-class _Speech:
-    """``client.audio.speech``: `create`, and `with_streaming_response.create`."""
+def _parameters_of(
+    _: Callable[Concatenate[Any, _P], object],
+) -> Callable[[Callable[..., _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Types a ``(self, **kwargs)`` method with the parameters of openai's own, for callers'
+    type checkers: the body hands them on to it unchanged."""
+    return lambda method: method
 
-    def __init__(self, client: SpeechClient) -> None:
-        self._client = client
-        self.with_streaming_response = _StreamingSpeech(self)
 
-    async def create(
-        self,
-        *,
-        input: str,
-        model: str,
-        voice: str,
-        instructions: str | Any | None = None,
-        response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
-        speed: float | Any | None = None,
-        stream_format: Literal["sse", "audio"] | Any | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, object] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: float | Any | None = None,  # noqa: ASYNC109 - the openai SDK's parameter: the deadline
-    ) -> SpeechResponse:
+class _Speech(AsyncSpeech):
+    """``client.audio.speech``: openai's, with `create` returning a `SpeechResponse` and
+    `with_streaming_response.create` a `StreamedSpeechResponse`."""
+
+    @_parameters_of(AsyncSpeech.create)
+    async def create(self, **kwargs: Any) -> SpeechResponse:
         """Synthesizes `input` with the first healthy deployment of `model`.
 
         Takes the parameters of `openai.AsyncOpenAI().audio.speech.create`; `timeout` is the
         deadline for the whole request, all attempts included. Raises `InvalidRequestError`
-        before any network call for a bad request, `AllDeploymentsFailedError` (with every
-        attempt) when no deployment could deliver.
+        (an `openai.BadRequestError`) before any network call for a bad request, and
+        `AllDeploymentsFailedError` (an `openai.APIStatusError`, with every attempt) when no
+        deployment could deliver.
 
         A text longer than some deployment's `max_input_chars` is spoken in segments, each
-        with its own failover and deadline, and joined into one file (see `segments`).
+        with its own failover, within the one deadline, and joined into one file.
         """
-        request = self._validate(
-            input=input,
-            model=model,
-            voice=voice,
-            instructions=instructions,
-            response_format=response_format,
-            speed=speed,
-            stream_format=stream_format,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-            extra_body=extra_body,
-            timeout=timeout,
-        )
-        return await self._client._create(request)
+        self._check(kwargs)
+        result = await super().create(**kwargs)
+        # with_raw_response wraps this method too: only a plain result becomes ours.
+        if type(result) is HttpxBinaryResponseContent:
+            return SpeechResponse(result.response)
+        return result  # type: ignore[return-value]
 
-    def _validate(
-        self,
-        *,
-        input: object,
-        model: object,
-        voice: object,
-        instructions: object,
-        response_format: object,
-        speed: object,
-        stream_format: object,
-        extra_headers: object,
-        extra_query: object,
-        extra_body: object,
-        timeout: object,
-    ) -> SpeechRequest:
-        if extra_query:
-            raise InvalidRequestError(
-                "extra_query is not supported: deployments differ; use extra_body"
-            )
-        return validate_request(
-            known_models=self._client.settings.models.keys(),
-            model=model,
-            voice=voice,
-            input=input,
-            response_format="mp3" if _given(response_format) is None else response_format,
-            speed=_given(speed),
-            instructions=_given(instructions),
-            stream_format=_given(stream_format),
-            extra_headers=extra_headers,
-            extra_body=extra_body,
-            timeout=_given(timeout),
-        )
-
-
-class _StreamingSpeech:
-    """``client.audio.speech.with_streaming_response``, as in the openai SDK."""
-
-    def __init__(self, speech: _Speech) -> None:
-        self._speech = speech
-
-    def create(
-        self,
-        *,
-        input: str,
-        model: str,
-        voice: str,
-        instructions: str | Any | None = None,
-        response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] | Any = "mp3",
-        speed: float | Any | None = None,
-        stream_format: Literal["sse", "audio"] | Any | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        extra_query: Mapping[str, object] | None = None,
-        extra_body: Mapping[str, object] | None = None,
-        timeout: float | Any | None = None,
-    ) -> SpeechStreamContext:
+    @functools.cached_property
+    def with_streaming_response(self) -> _StreamingSpeech:  # type: ignore[override]
         """Same parameters as `create`; use it with ``async with``::
 
             async with client.audio.speech.with_streaming_response.create(
@@ -446,25 +378,59 @@ class _StreamingSpeech:
         Entering the block fails over until a deployment sends its first audio byte (raising
         `AllDeploymentsFailedError` if none does); until the first byte reaches the caller, a
         failed body fails over too. After that a failure raises `StreamInterruptedError`.
-        `timeout` bounds the failover before the first byte; the body then only has to keep
-        coming (the stall timeout). `InvalidRequestError` is raised here, at once.
         """
-        request = self._speech._validate(
-            input=input,
-            model=model,
-            voice=voice,
-            instructions=instructions,
-            response_format=response_format,
-            speed=speed,
-            stream_format=stream_format,
-            extra_headers=extra_headers,
-            extra_query=extra_query,
-            extra_body=extra_body,
-            timeout=timeout,
+        return _StreamingSpeech(self)
+
+    async def _checked_create(self, **kwargs: Any) -> Any:
+        self._check(kwargs)
+        return await super().create(**kwargs)
+
+    def _check(self, kwargs: Mapping[str, Any]) -> None:
+        """A bad parameter is our `InvalidRequestError` here, before openai builds the request
+        (where an odd `extra_body` or `timeout` would be a bare `TypeError`), and a closed
+        client's `ClientClosedError` before httpx2's bare `RuntimeError`."""
+        client: SpeechClient = self._client  # type: ignore[assignment]
+        client._live_pools()  # refuses when closed
+        if not kwargs.keys() >= _SPEECH_REQUIRED:
+            return  # openai's own TypeError names the missing argument
+        given = {name: value for name, value in kwargs.items() if is_given(value)}
+        headers = given.get("extra_headers")
+        if isinstance(headers, Mapping):  # without openai's own (its streaming wrapper's)
+            given["extra_headers"] = {
+                name: value
+                for name, value in headers.items()
+                if not (isinstance(name, str) and name.lower().startswith(_OPENAI_OWN_HEADERS))
+            }
+        validate_request(
+            known_models=client.settings.models.keys(),
+            response_format=given.get("response_format", "mp3"),
+            **{name: given.get(name) for name in _SPEECH_CHECKED},
         )
-        return self._speech._client._stream(request)
 
 
-class _Audio:
-    def __init__(self, client: SpeechClient) -> None:
-        self.speech = _Speech(client)
+# openai's internal headers: its streaming wrapper's (one holds a class), its bookkeeping's.
+_OPENAI_OWN_HEADERS = ("x-stainless-", "____stainless")
+_SPEECH_REQUIRED = frozenset(("model", "voice", "input"))
+_SPEECH_CHECKED = (
+    *_SPEECH_REQUIRED,
+    *("speed", "instructions", "stream_format", "extra_headers", "extra_body", "timeout"),
+)
+
+
+class _StreamingSpeech:
+    """``client.audio.speech.with_streaming_response``."""
+
+    def __init__(self, speech: _Speech) -> None:
+        self._create = async_to_custom_streamed_response_wrapper(
+            speech._checked_create, StreamedSpeechResponse
+        )
+
+    @_parameters_of(AsyncSpeech.create)
+    def create(self, **kwargs: Any) -> AsyncResponseContextManager[StreamedSpeechResponse]:
+        return self._create(**kwargs)
+
+
+class _Audio(AsyncAudio):
+    @functools.cached_property
+    def speech(self) -> _Speech:
+        return _Speech(self._client)

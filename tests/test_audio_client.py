@@ -107,7 +107,7 @@ async def native(
 
 async def ask(client: SpeechClient, target: AudioFormat, text: str = TEXT) -> SpeechResponse:
     return await client.audio.speech.create(
-        model="kokoro", voice="alloy", input=text, response_format=target
+        model="kokoro", voice="alloy", input=text, response_format=target.value
     )
 
 

@@ -265,7 +265,7 @@ def test_untranslated_settings_are_logged_as_warnings(
     assert any("max_retries" in m for m in messages)
     assert any("allowed_fails" in m for m in messages)
     assert client.settings.deadline == 12
-    assert client._retry_policy.budget_capacity == 0.0
+    assert client._engine._retry_policy.budget_capacity == 0.0
 
 
 @pytest.mark.parametrize(

@@ -64,13 +64,13 @@ def check_segments(text: str, segments: tuple[SpeechSegment, ...], limits: dict[
     assert text[position:].strip() == ""
 
 
-async def speak(client: SpeechClient, text: str, fmt: str) -> Any:
+async def speak(client: SpeechClient, text: str, fmt: Any) -> Any:
     return await client.audio.speech.create(
         model="kokoro", voice="alloy", input=text, response_format=fmt
     )
 
 
-async def speak_streaming(client: SpeechClient, text: str, fmt: str) -> tuple[bytes, Any]:
+async def speak_streaming(client: SpeechClient, text: str, fmt: Any) -> tuple[bytes, Any]:
     async with client.audio.speech.with_streaming_response.create(
         model="kokoro", voice="alloy", input=text, response_format=fmt
     ) as response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -102,7 +103,7 @@ def test_speech_events_are_told_apart() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("response_format", ["wav", "mp3", "pcm"])
-async def test_sse_answer_is_decoded_to_the_same_audio(response_format: str) -> None:
+async def test_sse_answer_is_decoded_to_the_same_audio(response_format: Any) -> None:
     """A server answering text/event-stream gives the same audio as one answering raw bytes."""
     text = "Streaming as events."
     async with (

@@ -230,7 +230,7 @@ async def test_stream_to_file_and_chunk_sizes(tmp_path: Any) -> None:
     written = await path.read_bytes()
     assert b"".join(pieces) == written == expected
     assert {len(piece) for piece in pieces[:-1]} == {1000}
-    with pytest.raises(RuntimeError, match="read once"):
+    with pytest.raises(RuntimeError, match="already been streamed"):
         [chunk async for chunk in response.iter_bytes()]
 
 

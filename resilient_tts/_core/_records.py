@@ -67,3 +67,4 @@ class Synthesized:
     sample_rate: int
     duration: float | None
     segments: tuple[SpeechSegment, ...]
+    request_id: str | None = None  # the serving deployment's x-request-id, if it sent one

@@ -11,17 +11,16 @@ stream that ends without ``speech.audio.done`` was cut short.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 import httpx2
-import openai
-from openai import AsyncOpenAI, omit
 
 from .._audio import LOSSLESS_PREFERENCE
 from .._config._request import SpeechRequest
@@ -36,21 +35,21 @@ from .._core._classify import (
     verdict_for,
 )
 from .._core._sse import AudioDelta, AudioDone, SpeechStreamError, SseParser, speech_event
-from ._http import NO_AUTHORIZATION
+from ._http import request_headers, speech_url
 
 __all__ = [
     "AttemptError",
     "AudioStream",
     "DeploymentRequest",
+    "Endpoint",
     "adapt_request",
     "first_byte_at",
     "on_first_byte",
     "open_audio_stream",
 ]
 
-# openai wraps errors before the headers; errors in the body come straight from httpx2 (openai's
-# aiohttp transport maps aiohttp's errors onto httpx2's).
-_TRANSPORT_ERRORS = (openai.APIConnectionError, httpx2.TransportError, OSError)
+# An error body is read up to this many bytes: enough for any real message.
+_ERROR_BODY_LIMIT = 8192
 _TEXT_TYPES = ("application/json", "text/", "application/problem+json", "application/xml")
 # When this task's attempt received its first body byte (anyio clock): the failover loop reads
 # it for first-byte latency without the attempt function having to return it.
@@ -118,9 +117,11 @@ class AudioStream:
         content_type: str,
         content_length: int | None,
         stall_timeout: float,
+        request_id: str | None = None,
     ) -> None:
         self.first_chunk = first_chunk
         self.content_type = content_type
+        self.request_id = request_id
         self._rest = rest
         self._content_length = content_length
         self._stall_timeout = stall_timeout
@@ -134,7 +135,9 @@ class AudioStream:
                     chunk = await self._rest.__anext__()
                 except StopAsyncIteration:
                     break
-                except _TRANSPORT_ERRORS as exc:
+                except AttemptError:
+                    raise
+                except Exception as exc:  # any HTTP library's error mid-body: cut short
                     raise AttemptError(classify_exception(exc, headers_received=True)) from exc
             if stall.cancelled_caught:
                 raise AttemptError(
@@ -158,7 +161,9 @@ class AudioStream:
                     chunk = await self._rest.__anext__()
                 except StopAsyncIteration:
                     break
-                except _TRANSPORT_ERRORS as exc:
+                except AttemptError:
+                    raise
+                except Exception as exc:  # any HTTP library's error mid-body: cut short
                     raise AttemptError(classify_exception(exc, headers_received=True)) from exc
                 self.received += len(chunk)
                 parts.append(chunk)
@@ -184,8 +189,8 @@ class AudioStream:
 
 @asynccontextmanager
 async def open_audio_stream(
-    client: AsyncOpenAI,
-    deployment: Deployment,
+    http: httpx2.AsyncClient,
+    endpoint: Endpoint,
     request: SpeechRequest,
     sent: DeploymentRequest,
     timeouts: Timeouts,
@@ -194,23 +199,20 @@ async def open_audio_stream(
     timeout.
 
     The caller bounds the whole attempt (attempt timeout and deadline) with its own scope.
+    Any exception from the HTTP client (httpx2's, aiohttp's through openai's adapter, or one
+    nobody expected) is this deployment's failure, as an `AttemptError`.
     """
-    secrets = [deployment.api_key.get_secret_value()] if deployment.api_key else []
-    headers: dict[str, Any] = dict(request.extra_headers or {})
-    if deployment.api_key is None:
-        headers.update(NO_AUTHORIZATION)
-    response_cm = client.audio.speech.with_streaming_response.create(
-        model=deployment.model,
-        voice=sent.voice,
-        input=request.input,
-        response_format=sent.asked_format,
-        speed=omit if sent.speed is None else sent.speed,
-        instructions=omit if sent.instructions is None else sent.instructions,
-        stream_format=omit if request.stream_format is None else request.stream_format,  # type: ignore[arg-type]
-        extra_headers=headers,
-        extra_body=dict(request.extra_body) if request.extra_body else None,
+    deployment = endpoint.config
+    secrets = endpoint.secrets
+    http_request = http.build_request(
+        "POST",
+        endpoint.url,
+        content=json.dumps(_body(deployment, request, sent)).encode(),
+        headers={**endpoint.headers, **request.extra_headers}
+        if request.extra_headers
+        else endpoint.headers,
     )
-    headers_received = False
+    response: httpx2.Response | None = None
     # Body iterators are closed explicitly on every way out: an abandoned async generator
     # would otherwise be finalized by the garbage collector (trio warns), and closing httpx2's
     # own iterator is what closes the connection of a body read only in part.
@@ -218,18 +220,17 @@ async def open_audio_stream(
     body: Any = None
     with anyio.move_on_after(timeouts.first_byte) as first_byte:
         try:
-            response = await response_cm.__aenter__()
-        except openai.APIStatusError as exc:
-            raise AttemptError(_status_verdict(exc, secrets)) from exc
-        except _TRANSPORT_ERRORS as exc:
+            response = await http.send(http_request, stream=True)
+        except Exception as exc:
             raise AttemptError(
                 _redacted(classify_exception(exc, headers_received=False), secrets)
             ) from exc
-        headers_received = True
         try:
+            if response.status_code >= 300:
+                raise AttemptError(await _status_verdict(response, secrets))
             content_type = response.headers.get("content-type", "").lower()
             sse = content_type.startswith(_EVENT_STREAM)
-            raw = response.http_response.aiter_bytes()
+            raw = response.aiter_bytes()
             body = _sse_audio(raw, secrets) if sse else raw
             try:
                 first_chunk = await body.__anext__()
@@ -239,17 +240,22 @@ async def open_audio_stream(
                     notify()
             except StopAsyncIteration:
                 first_chunk = b""
-            except _TRANSPORT_ERRORS as exc:
-                raise AttemptError(classify_exception(exc, headers_received=True)) from exc
+            except AttemptError:
+                raise
+            except Exception as exc:
+                raise AttemptError(
+                    _redacted(classify_exception(exc, headers_received=True), secrets)
+                ) from exc
         except BaseException:
-            await _close_quietly(response_cm, body, raw)
+            await _close_quietly(response, body, raw)
             raise
     if first_byte.cancelled_caught:
-        if headers_received:
-            await _close_quietly(response_cm, body, raw)
+        if response is not None:
+            await _close_quietly(response, body, raw)
         raise AttemptError(
             verdict_for(FailureKind.FIRST_BYTE_TIMEOUT, f"no audio within {timeouts.first_byte:g}s")
         )
+    assert response is not None
     try:
         textual = content_type.startswith(_TEXT_TYPES) and not sse
         if not first_chunk or textual or first_chunk[:1] in (b"{", b"<", b"["):
@@ -272,16 +278,55 @@ async def open_audio_stream(
             if length and length.isdigit() and not (encoded or sse)
             else None,
             stall_timeout=timeouts.stall,
+            request_id=response.headers.get("x-request-id"),
         )
     except BaseException:
-        await _close_quietly(response_cm, body, raw)
+        await _close_quietly(response, body, raw)
         raise
     # Body read to the end: closing returns the connection to the pool and cannot hang.
     await _close_iterators(body, raw)
-    await response_cm.__aexit__(None, None, None)
+    await response.aclose()
 
 
-async def _sse_audio(events: AsyncIterator[bytes], secrets: list[str]) -> AsyncIterator[bytes]:
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how to call one deployment: computed once per deployment."""
+
+    config: Deployment
+    url: str
+    headers: Mapping[str, str]
+    secrets: tuple[str, ...]
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> Endpoint:
+        key = deployment.api_key.get_secret_value() if deployment.api_key else ""
+        return cls(
+            deployment, speech_url(deployment), request_headers(deployment), (key,) if key else ()
+        )
+
+
+def _body(
+    deployment: Deployment, request: SpeechRequest, sent: DeploymentRequest
+) -> dict[str, Any]:
+    body: dict[str, Any] = dict(request.extra_body) if request.extra_body else {}
+    body.update(
+        model=deployment.model,
+        voice=sent.voice,
+        input=request.input,
+        response_format=sent.asked_format,
+    )
+    if sent.speed is not None:
+        body["speed"] = sent.speed
+    if sent.instructions is not None:
+        body["instructions"] = sent.instructions
+    if request.stream_format is not None:
+        body["stream_format"] = request.stream_format
+    return body
+
+
+async def _sse_audio(
+    events: AsyncIterator[bytes], secrets: tuple[str, ...]
+) -> AsyncIterator[bytes]:
     """The audio bytes carried by an event stream's ``speech.audio.delta`` events."""
     parser = SseParser()
     async for chunk in events:
@@ -339,30 +384,33 @@ async def _close_iterators(*iterators: Any) -> None:
         await iterator.aclose()
 
 
-async def _close_quietly(response_cm: Any, *iterators: Any) -> None:
+async def _close_quietly(response: httpx2.Response | None, *iterators: Any) -> None:
     with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
         try:
             await _close_iterators(*iterators)
-            await response_cm.__aexit__(None, None, None)
+            if response is not None:
+                await response.aclose()
         except Exception:  # noqa: S110 - the attempt already failed or finished; closing is best effort
             pass
 
 
-def _status_verdict(exc: openai.APIStatusError, secrets: list[str]) -> Verdict:
-    response = exc.response
-    body: object = exc.body if exc.body is not None else _safe_text(response)
-    verdict = classify_status(response.status_code, response.headers, body, now=time.time())
+async def _status_verdict(response: httpx2.Response, secrets: tuple[str, ...]) -> Verdict:
+    """An error response, classified from its status, headers and the first few kB of its
+    body (an error body is small; an endless one is not read to its end)."""
+    text = b""
+    with anyio.move_on_after(1.0):
+        try:
+            async for chunk in response.aiter_bytes():
+                text += chunk
+                if len(text) >= _ERROR_BODY_LIMIT:
+                    break
+        except Exception:  # noqa: S110 - the status says enough
+            pass
+    verdict = classify_status(
+        response.status_code, response.headers, text[:_ERROR_BODY_LIMIT], now=time.time()
+    )
     return _redacted(verdict, secrets)
 
 
-def _safe_text(response: Any) -> str:
-    try:
-        return str(response.text)
-    except Exception:
-        return ""
-
-
-def _redacted(verdict: Verdict, secrets: list[str]) -> Verdict:
-    from dataclasses import replace
-
+def _redacted(verdict: Verdict, secrets: tuple[str, ...]) -> Verdict:
     return replace(verdict, detail=redact(verdict.detail, secrets))

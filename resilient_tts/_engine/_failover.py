@@ -155,16 +155,23 @@ async def run_with_failover(
     clock: Callable[[], float],
     candidates: tuple[LiveDeployment, ...] | None = None,
     hold: bool = False,
+    deadline: float | None = None,
+    deposit: bool = True,
 ) -> Served[T]:
     """Runs `attempt` on the pool's deployments until one succeeds; raises the story otherwise.
 
     `candidates` replaces the pool's order (a long text's next segment puts the deployment
-    that spoke the previous one first). `hold`: see the module docstring.
+    that spoke the previous one first). `hold`: see the module docstring. `deadline` is the
+    request's absolute deadline on `clock` (a long text's segments share one); by default
+    the request's own timeout from now. `deposit`: whether this run is a new request for the
+    retry budget (a long text deposits once, for its first segment).
     """
-    deadline = clock() + (request.timeout if request.timeout is not None else pool.deadline)
+    if deadline is None:
+        deadline = clock() + (request.timeout if request.timeout is not None else pool.deadline)
     run = _Run(pool, request, attempt, clock, deadline, hold=hold)
     order = candidates if candidates is not None else pool.deployments
-    pool.budget.deposit()
+    if deposit:
+        pool.budget.deposit()
     admitted_any = False
     pending = deque(order)  # a hedge takes its deployment from here too
     while pending:

@@ -1,10 +1,12 @@
-"""Builds the one `AsyncOpenAI` client each deployment talks through.
+"""The one HTTP client the engine calls every deployment through, and each deployment's
+request line and headers.
 
-Each client has `max_retries=0` (resilient_tts owns retries) and is isolated from the
-environment: the openai SDK would otherwise read ``OPENAI_API_KEY``, ``OPENAI_ORG_ID``,
-``OPENAI_PROJECT_ID`` and ``OPENAI_ADMIN_KEY`` and send them to every server, including
-self-hosted ones that must never see an OpenAI key. A deployment without `api_key` sends no
-Authorization header at all.
+Deployments are called with plain HTTP (`POST {base_url}/audio/speech`), not through an
+`AsyncOpenAI` each: nothing reads ``OPENAI_API_KEY``, ``OPENAI_ORG_ID`` or
+``OPENAI_PROJECT_ID`` and sends them to a self-hosted server, a deployment without `api_key`
+sends no Authorization header at all, and there is one layer less on every request.
+Redirects are not followed (a 3xx is that deployment's failure): a redirect to a host nobody
+configured would re-send the text, and the key, there.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ import sniffio
 from openai import AsyncOpenAI, DefaultAioHttpClient, DefaultAsyncHttpxClient, Omit
 
 from .._config._values import Deployment
+from .._version import __version__
 
-__all__ = ["NO_AUTHORIZATION", "Transport", "build_openai_client", "choose_transport"]
+__all__ = [
+    "NO_AUTHORIZATION",
+    "Transport",
+    "build_http_client",
+    "build_openai_client",
+    "choose_transport",
+    "request_headers",
+    "speech_url",
+]
 
 Transport = Literal["auto", "httpx", "aiohttp"]
-
-# Sent with every request of a keyless deployment: openai's client refuses to send a request
-# without credentials unless the Authorization header is explicitly omitted per request.
-NO_AUTHORIZATION: Mapping[str, Omit] = {"Authorization": Omit()}
-
-
-async def _no_key() -> str:
-    return ""
+_USER_AGENT = f"resilient-tts/{__version__}"
 
 
 def choose_transport(preference: Transport) -> Literal["httpx", "aiohttp"]:
@@ -43,7 +47,36 @@ def choose_transport(preference: Transport) -> Literal["httpx", "aiohttp"]:
     return "httpx"
 
 
-def build_openai_client(
+def build_http_client(kind: Literal["httpx", "aiohttp"]) -> httpx2.AsyncClient:
+    """openai's own client classes (its limits; aiohttp through openai's httpx2 adapter), with
+    our timeouts instead of theirs (anyio scopes), no redirects, and one TLS context shared by
+    every client: building one loads the CA store, ~50 ms of blocking work."""
+    client_class = DefaultAioHttpClient if kind == "aiohttp" else DefaultAsyncHttpxClient
+    return client_class(timeout=None, verify=_ssl_context(), follow_redirects=False)
+
+
+def speech_url(deployment: Deployment) -> str:
+    return f"{deployment.base_url.rstrip('/')}/audio/speech"
+
+
+def request_headers(deployment: Deployment) -> Mapping[str, str]:
+    """The headers every request to `deployment` carries: its own key and nobody else's."""
+    headers = {"Content-Type": "application/json", "User-Agent": _USER_AGENT}
+    if deployment.api_key is not None and deployment.api_key.get_secret_value():
+        headers["Authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
+    return headers
+
+
+# Sent with every request of a keyless deployment: openai's client refuses to send a request
+# without credentials unless the Authorization header is explicitly omitted per request.
+NO_AUTHORIZATION: Mapping[str, Omit] = {"Authorization": Omit()}
+
+
+async def _no_key() -> str:
+    return ""
+
+
+def build_openai_client(  # for the CLI's models probe and bench/
     deployment: Deployment, *, transport: Literal["httpx", "aiohttp"]
 ) -> AsyncOpenAI:
     key = deployment.api_key.get_secret_value() if deployment.api_key is not None else None

@@ -10,17 +10,17 @@ segment is tried first for the next, so the voice stays the same; a change emits
 decoded to PCM at the output rate; `synthesize_long` joins them and encodes once, so no codec
 priming or padding lands between segments.
 
-Each segment has the whole request's deadline to itself: a 50,000-character text takes many
-deadlines' worth of synthesis, and a segment is what one deadline was made for.
+All segments share the request's one deadline ("all attempts and waits included"): each
+segment gets what remains of it. The retry budget counts the request once, not each segment.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import anyio
+import httpx2
 
 from .._audio import AudioFormat, PcmAudio, decode_to_pcm, encodable_rate, encode_pcm
 from .._config._request import SpeechRequest
@@ -45,8 +45,9 @@ class SpeechJob:
 
     pool: LivePool
     request: SpeechRequest  # the caller's: `input` is the whole text
-    openai_for: Callable[[LiveDeployment], Any]
+    http: Callable[[], httpx2.AsyncClient]
     rate: int  # the output's sample rate, which every segment's PCM is decoded to
+    deadline: float  # the whole request's, on `clock`
     clock: Callable[[], float] = anyio.current_time
 
     @property
@@ -99,10 +100,9 @@ async def synthesize_segment(
         span = next_segment(job.text, start, deployment.config.max_input_chars)
         assert span is not None
         begin, end = span
-        client = job.openai_for(deployment)
         request = job.segment_request(job.text[begin:end])
         async with open_audio_stream(
-            client, deployment.config, request, sent, deployment.timeouts
+            job.http(), deployment.endpoint, request, sent, deployment.timeouts
         ) as stream:
             body = await stream.read_all()
         pcm = await decode_segment(body, sent, deployment, job.rate)
@@ -114,6 +114,8 @@ async def synthesize_segment(
         attempt,
         clock=job.clock,
         candidates=job.candidates(previous),
+        deadline=job.deadline,
+        deposit=index == 0,
     )
     pcm, begin, end = served.value
     if previous is not None and served.deployment is not previous:

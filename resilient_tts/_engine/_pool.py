@@ -11,14 +11,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from openai import AsyncOpenAI
-
 from .._config._values import Deployment, Pool, Timeouts
 from .._core._breaker import BreakerPolicy, BreakerTransition, CircuitBreaker, Permit
 from .._core._retry import RetryBudget, RetryPolicy
 from .._fleet._shared_state import PROBE_TTL_MARGIN, SharedCircuitBreaker, SharedState
 from .._observe._events import BreakerTransitioned, Event, EventHook, emit
 from .._observe._logging import breaker_log_level, log_extra
+from ._attempt import Endpoint
 
 __all__ = ["LivePool", "LiveDeployment", "build_live_pool"]
 
@@ -28,14 +27,16 @@ logger = logging.getLogger("resilient_tts")
 
 @dataclass(eq=False)
 class LiveDeployment:
-    """A deployment as the client uses it: its configuration, limits, breaker and connection."""
+    """A deployment as the client uses it: its configuration, limits, breaker and endpoint."""
 
     pool: str
     config: Deployment
     timeouts: Timeouts
     breaker: CircuitBreaker
-    # Built on first use inside the event loop: an aiohttp session belongs to one loop.
-    openai: AsyncOpenAI | None = field(default=None, repr=False)
+    endpoint: Endpoint = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.endpoint = Endpoint.of(self.config)
 
     @property
     def name(self) -> str:

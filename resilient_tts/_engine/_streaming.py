@@ -25,15 +25,13 @@ one encoder, so the caller receives one continuous file.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
-from types import TracebackType
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from .._audio import AudioFormat, BodyCheck, StreamDecoder, StreamEncoder, passthrough
 from .._core._classify import FailureKind, Verdict, verdict_for
@@ -52,33 +50,13 @@ from ._failover import HeldAttempt, run_with_failover
 from ._long_text import INLINE_CPU_BYTES, SegmentAudio, SpeechJob, is_long, synthesize_segment
 from ._pool import LiveDeployment
 
-__all__ = ["SpeechStreamContext", "StreamedSpeechResponse"]
+__all__ = ["SpeechStream", "Spawn"]
 
 # PCM handed to the encoder at a time when a buffered segment is released: about 1.4 s at
 # 24 kHz, small enough to encode on the event loop and to keep chunks a sensible size.
 _RELEASE_BYTES = 64 * 1024
 # Closing a connection must not hang the caller's exit, even on a dead peer.
 _CLOSE_SECONDS = 1.0
-
-
-class SpeechStreamContext:
-    """What ``with_streaming_response.create(...)`` returns: ``async with`` it to get a
-    `StreamedSpeechResponse`; leaving the block closes the connection."""
-
-    def __init__(self, response: StreamedSpeechResponse) -> None:
-        self._response = response
-
-    async def __aenter__(self) -> StreamedSpeechResponse:
-        await self._response._open()
-        return self._response
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._response._release(exc)
 
 
 class _Opened:
@@ -131,18 +109,28 @@ class _Live:
     pcm_bytes: int = 0
 
 
-class StreamedSpeechResponse:
-    """Audio from ``client.audio.speech.with_streaming_response.create(...)``, read as it comes.
+class SpeechStream:
+    """One request's audio as it comes: `open()` fails over until a first byte, then
+    `next_chunk()` hands out pieces (the commit point), `release()` ends it.
 
-    Reads like the openai SDK's `AsyncStreamedBinaryAPIResponse`: ``iter_bytes()``,
-    ``read()``, ``stream_to_file()``, ``close()``; also `iter_chunks()` (pieces as they are
-    produced). `deployment`, `attempts` and `segments` grow as the stream goes on;
-    `bytes_delivered` counts what the caller has received. Read it once.
+    `deployment`, `attempts` and `segments` grow as the stream goes on; `bytes_delivered`
+    counts what the caller has received. The public face is `StreamedSpeechResponse`.
     """
 
-    def __init__(self, job: SpeechJob, *, hooks: Sequence[EventHook]) -> None:
+    def __init__(
+        self,
+        job: SpeechJob,
+        *,
+        hooks: Sequence[EventHook],
+        spawn: Spawn | None = None,
+        on_release: Callable[[SpeechStream], None] = lambda stream: None,
+    ) -> None:
         self._job = job
         self._hooks = hooks
+        # Starts a long text's next segment in a task group the client owns; without one
+        # (a client used outside ``async with``) the next segment is spoken when reached.
+        self._spawn = spawn
+        self._on_release = on_release
         self._target = AudioFormat(job.request.response_format)
         self.response_format: str = self._target.value
         self.sample_rate: int = job.rate
@@ -152,9 +140,7 @@ class StreamedSpeechResponse:
         self._attempts: list[Attempt] = []
         self._segments: list[SpeechSegment] = []
         self._failed: set[str] = set()  # deployments whose body failed before the commit point
-        self._deadline = 0.0
         self._scope: RequestScope | None = None
-        self._group: TaskGroup | None = None
         self._live: _Live | None = None
         self._encoder: StreamEncoder | None = None
         self._queued = memoryview(b"")  # PCM of a buffered segment, released piece by piece
@@ -163,13 +149,12 @@ class StreamedSpeechResponse:
         self._next: _Prefetch | None = None
         self._unsent = bytearray()  # produced for `iter_bytes(chunk_size)`, not yet handed over
         self._ended = False
-        self._consumed = False
-        self._content: bytes | None = None
         self._error: BaseException | None = None
+        self.request_id: str | None = None  # the first deployment's x-request-id
 
     def __repr__(self) -> str:
         return (
-            f"<StreamedSpeechResponse {self.response_format} from {self.deployment!r}, "
+            f"<SpeechStream {self.response_format} from {self.deployment!r}, "
             f"{self.bytes_delivered} bytes delivered>"
         )
 
@@ -191,19 +176,12 @@ class StreamedSpeechResponse:
         """The segments spoken so far (a text that fits one request is one segment)."""
         return tuple(self._segments)
 
-    # -- reading --------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
 
-    def iter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
-        """The audio as it arrives; with `chunk_size`, in pieces of exactly that many bytes
-        (the last one shorter). Raises `StreamInterruptedError` if a deployment fails after
-        the first byte was handed over. ``async for chunk in response.iter_bytes():``"""
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self._start_reading()
-        return _Chunks(self, chunk_size)
-
-    async def _next_chunk(self, chunk_size: int | None) -> bytes | None:
-        """The next piece for the caller, or None at the end."""
+    async def next_chunk(self, chunk_size: int | None) -> bytes | None:
+        """The next piece for the caller (exactly `chunk_size` bytes when given, but the
+        last), or None at the end. Raises `StreamInterruptedError` after the commit point."""
+        self.raise_failure()
         try:
             while True:
                 if chunk_size is not None and len(self._unsent) >= chunk_size:
@@ -230,72 +208,40 @@ class StreamedSpeechResponse:
         self.bytes_delivered += len(piece)
         return piece
 
-    def iter_chunks(self) -> AsyncIterator[bytes]:
-        """The audio in the pieces it is produced in (``iter_bytes()`` without a size)."""
-        return self.iter_bytes()
-
-    async def read(self) -> bytes:
-        """The whole audio, once it has all arrived.
-
-        Nothing reaches the caller before the end, so the commit point is the end: a body
-        that fails at any point before it is replaced by the next deployment's, as with
-        `create`. Later calls return the same bytes.
-        """
-        if self._content is None:
-            self._start_reading()
-            whole = await self._next_chunk(sys.maxsize)  # one piece: everything, at the end
-            self._content = whole or b""
-        return self._content
-
-    async def stream_to_file(
-        self, file: str | os.PathLike[str], *, chunk_size: int | None = None
-    ) -> None:
-        """Writes the audio to `file` as it arrives."""
-        async with await anyio.Path(file).open(mode="wb") as f:
-            async for chunk in self.iter_bytes(chunk_size):
-                await f.write(chunk)
-
-    async def write_to_file(self, file: str | os.PathLike[str]) -> None:
-        await self.stream_to_file(file)
-
-    async def close(self) -> None:
-        """Stops the stream: closes the connection and cancels work on later segments."""
-        await self._release(None)
-
-    def _start_reading(self) -> None:
+    def raise_failure(self) -> None:
+        """Raises what ended the stream, again: a stream that failed stays failed."""
         if self._error is not None:
             raise self._error
-        if self._consumed:
-            raise RuntimeError(
-                "this stream was already read; a StreamedSpeechResponse is read once"
-            )
-        if self.is_closed:
-            raise RuntimeError("this stream is closed")
-        self._consumed = True
+
+    async def read_whole(self) -> bytes:
+        """The whole audio, once it has all arrived. Nothing reaches the caller before the
+        end, so the commit point is the end: a body that fails anywhere before it is replaced
+        by the next deployment's, as with ``create``."""
+        whole = await self.next_chunk(sys.maxsize)  # one piece: everything, at the end
+        return whole or b""
 
     # -- the stream -----------------------------------------------------------------------
 
-    async def _open(self) -> None:
+    async def open(self) -> None:
+        """Fails over until a deployment has sent its first audio byte; raises the story
+        (`AllDeploymentsFailedError`) when none does, and then the stream is released."""
         job = self._job
         self._scope = RequestScope(
             self._hooks, pool=job.pool.name, input_chars=len(job.text), streaming=True
         )
         self._scope.__enter__()
         try:
-            timeout = job.request.timeout if job.request.timeout is not None else job.pool.deadline
-            self._deadline = job.clock() + timeout
-            if self._segmented:
-                self._group = anyio.create_task_group()
-                await self._group.__aenter__()
             await self._open_live(previous_failure=None)
+            assert self._live is not None
+            self.request_id = self._live.body.stream.request_id
         except BaseException as exc:
-            await self._release(exc)
+            await self.release(exc)
             raise
 
     async def _open_live(self, previous_failure: Attempt | None) -> None:
         """Failover until a deployment has sent the first byte of the next segment."""
         job = self._job
-        remaining = self._deadline - job.clock()
+        remaining = job.deadline - job.clock()
         order = tuple(d for d in job.candidates(self._previous) if d.name not in self._failed)
         if remaining <= 0 or not order:
             raise _gave_up(job, self._attempts, deadline=remaining <= 0)
@@ -313,9 +259,8 @@ class StreamedSpeechResponse:
                 if segmented
                 else job.request
             )
-            client = job.openai_for(deployment)
             opening = open_audio_stream(
-                client, deployment.config, request, sent, deployment.timeouts
+                job.http(), deployment.endpoint, request, sent, deployment.timeouts
             )
             exits = AsyncExitStack()  # kept open past this function: the body is read later
             stream = await exits.enter_async_context(opening)
@@ -323,10 +268,16 @@ class StreamedSpeechResponse:
 
         # Segments of a long text are asked for losslessly (they are re-encoded anyway).
         request = job.segment_request(job.text) if segmented else job.request
-        request = replace(request, timeout=remaining)
         try:
             served = await run_with_failover(
-                job.pool, request, attempt, clock=job.clock, candidates=order, hold=True
+                job.pool,
+                request,
+                attempt,
+                clock=job.clock,
+                candidates=order,
+                hold=True,
+                deadline=job.deadline,
+                deposit=previous_failure is None and not self._segments,
             )
         except AllDeploymentsFailedError as exc:
             raise _gave_up(
@@ -494,19 +445,20 @@ class StreamedSpeechResponse:
     # -- later segments of a long text ---------------------------------------------------
 
     def _prefetch(self) -> None:
-        """Starts speaking the next segment while the caller receives this one."""
-        assert self._group is not None
-        slot = _Prefetch()
+        """Starts speaking the next segment while the caller receives this one (in the
+        client's own task group), or readies it to be spoken when the reader reaches it."""
+        slot = _Prefetch(self._job, self._position, len(self._segments), self._previous)
         self._next = slot
-        self._group.start_soon(
-            slot.run, self._job, self._position, len(self._segments), self._previous
-        )
+        if self._spawn is not None:
+            self._spawn(slot.run)
 
     async def _take_segment(self) -> bool:
         """Releases the next buffered segment; False when the text is done."""
         slot = self._next
         if slot is None:
             return False
+        if self._spawn is None:
+            await slot.run()
         await slot.done.wait()
         self._next = None
         if slot.error is not None:
@@ -531,11 +483,13 @@ class StreamedSpeechResponse:
 
     # -- closing --------------------------------------------------------------------------
 
-    async def _release(self, exc: BaseException | None) -> None:
-        """Closes everything the stream holds; `exc` is what ended it, if anything did."""
+    async def release(self, exc: BaseException | None) -> None:
+        """Closes everything the stream holds; `exc` is what ended it, if anything did.
+        Safe from any task: it only signals the next segment's work to stop."""
         if self.is_closed:
             return
         self.is_closed = True
+        self._on_release(self)
         live, self._live = self._live, None
         try:
             if live is not None:
@@ -545,10 +499,9 @@ class StreamedSpeechResponse:
             self._queued = memoryview(b"")
             if self._encoder is not None:
                 self._encoder.close()
-            group, self._group = self._group, None
-            if group is not None:
-                group.cancel_scope.cancel()  # later segments being spoken
-                await group.__aexit__(None, None, None)
+            slot, self._next = self._next, None
+            if slot is not None:
+                slot.cancel()  # the next segment being spoken
         finally:
             scope, self._scope = self._scope, None
             if scope is not None:
@@ -558,50 +511,40 @@ class StreamedSpeechResponse:
                 scope.__exit__(type(error) if error is not None else None, error, None)
 
 
-class _Chunks:
-    """What `iter_bytes` returns: an iterator object rather than an async generator, so a
-    caller that breaks out of its loop leaves nothing for the garbage collector to finalize
-    (trio warns about abandoned generators); the stream is closed with its context."""
-
-    def __init__(self, response: StreamedSpeechResponse, chunk_size: int | None) -> None:
-        self._response = response
-        self._chunk_size = chunk_size
-        self._done = False
-
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._done:
-            raise StopAsyncIteration
-        piece = await self._response._next_chunk(self._chunk_size)
-        if piece is None:
-            self._done = True
-            raise StopAsyncIteration
-        return piece
-
-    async def aclose(self) -> None:
-        self._done = True
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], object]
 
 
 class _Prefetch:
-    """The next segment of a long text, spoken in the background; never raises into the
-    task group (which would cancel the caller's block): errors wait here for the reader."""
+    """The next segment of a long text, spoken once by `run` (in the background or when the
+    reader reaches it); never raises into a task group (which would cancel its owner):
+    errors wait here for the reader."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, job: SpeechJob, start: int, index: int, previous: LiveDeployment | None
+    ) -> None:
+        self._job, self._start, self._index, self._previous = job, start, index, previous
+        self._scope = anyio.CancelScope()
+        self._started = False
         self.done = anyio.Event()
         self.segment: SegmentAudio | None = None
         self.error: Exception | None = None
 
-    async def run(
-        self, job: SpeechJob, start: int, index: int, previous: LiveDeployment | None
-    ) -> None:
+    async def run(self) -> None:
+        if self._started:
+            return
+        self._started = True
         try:
-            self.segment = await synthesize_segment(job, start, index=index, previous=previous)
+            with self._scope:
+                self.segment = await synthesize_segment(
+                    self._job, self._start, index=self._index, previous=self._previous
+                )
         except Exception as exc:
             self.error = exc
         finally:
             self.done.set()
+
+    def cancel(self) -> None:
+        self._scope.cancel()
 
 
 def _gave_up(
